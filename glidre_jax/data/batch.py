@@ -1,0 +1,29 @@
+"""The padded numpy batch that the data pipeline produces and the model eats.
+
+All shapes are static per shape bucket (B documents, L subwords, W words,
+E entities, K labels, T label subwords). Everything ragged has been turned
+into index tables and masks on the host, once.
+
+Document side (per batch):
+  input_ids            int32   [B, L]     subword ids of the document
+  attention_mask       int32   [B, L]     1 for real subwords
+  word_index           int32   [B, W]     subword position of each word's first subword (0 on padding)
+  word_mask            int32   [B, W]     1 for real (kept) words
+  entity_word_weights  float32 [B, E, W]  how many times word w lies inside a mention of entity e
+                                          (token-weighted pooling: a 3-word mention counts 3 words)
+  entity_mask          int32   [B, E]     1 for real entities with at least one kept word
+  pair_mask            int32   [B, E, E]  1 for candidate (head, tail) pairs (self pairs included)
+  labels               int32   [B, E, E, K]  1 where (h, k, t) is a gold fact
+  doc_mask             int32   [B]        1 for real documents (0 for padding documents)
+
+Label side (shared by the batch):
+  label_input_ids      int32   [K, T]     token ids of each label name
+  label_attention_mask int32   [K, T]
+  label_mask           int32   [K]        1 for real labels
+"""
+from __future__ import annotations
+
+DOC_FIELDS = ("input_ids", "attention_mask", "word_index", "word_mask",
+              "entity_word_weights", "entity_mask", "pair_mask", "labels",
+              "doc_mask")
+LABEL_FIELDS = ("label_input_ids", "label_attention_mask", "label_mask")

@@ -1,0 +1,77 @@
+"""Pieces every encoder shares: output type, activations, masks, dropout."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass
+class EncoderOutput:
+  last_hidden_state: jax.Array  # [B, L, d]
+  attentions: jax.Array  # last layer only: [B, heads, L, L], fp32
+
+
+jax.tree_util.register_dataclass(
+    EncoderOutput, data_fields=["last_hidden_state", "attentions"],
+    meta_fields=[])
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str):
+  if name not in ACTIVATIONS:
+    raise ValueError(f"hidden_act {name!r} is not supported; "
+                     f"choose one of {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def masked_softmax(scores: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """Softmax over the last axis in fp32, keys masked by attention_mask [B, L]."""
+  scores = scores.astype(jnp.float32)
+  keep = attention_mask[:, None, None, :].astype(bool)
+  scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(scores, axis=-1)
+
+
+def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
+  """Reads a HF `config.json` from a model directory or the file itself."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    path = path / "config.json"
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{path}: no config.json for the encoder") from e
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: invalid JSON ({e})") from e
+
+
+def config_from_dict(cls, hf: dict[str, Any], **overrides):
+  """Builds a frozen config dataclass from the HF fields it knows."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  kwargs = {k: v for k, v in hf.items() if k in names}
+  kwargs.update(overrides)
+  return cls(**kwargs)
+
+
+class Dropout(nnx.Dropout):
+  """nnx.Dropout that is a no-op (and needs no rng) when rate == 0."""
+
+  def __call__(self, x, **kwargs):
+    if self.rate == 0:
+      return x
+    return super().__call__(x, **kwargs)

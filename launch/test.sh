@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up .venv and runs the whole test suite (pytest exit code 5, "no tests
+# ran", fails like any other failure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash launch/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/python -m pytest -q -ra "$@"
