@@ -152,3 +152,11 @@ def layer_norm_rules(prefix: str) -> list[Rule]:
   """torch nn.LayerNorm <-> nnx.LayerNorm under the same dotted prefix."""
   return [Rule(prefix + ".weight", prefix + ".scale"),
           Rule(prefix + ".bias", prefix + ".bias")]
+
+
+def ffn_rules(prefix: str) -> list[Rule]:
+  """GLiNER's projection FFN: torch `.0` / `.3` <-> our `dense_in` / `dense_out`."""
+  return [Rule(f"{prefix}.0.weight", f"{prefix}.dense_in.kernel", LINEAR),
+          Rule(f"{prefix}.0.bias", f"{prefix}.dense_in.bias"),
+          Rule(f"{prefix}.3.weight", f"{prefix}.dense_out.kernel", LINEAR),
+          Rule(f"{prefix}.3.bias", f"{prefix}.dense_out.bias")]

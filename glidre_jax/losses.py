@@ -1,0 +1,89 @@
+"""Relation losses on [B, E, E, K] logits, all masked (spec §2).
+
+`valid` is the [B, E, E] mask of real candidate pairs (pair mask × real
+entities × real documents); `label_mask` [K] masks padded labels. Reduction
+is a sum over valid (pair, label) cells (the reference's), or a mean.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+LOSSES = ("focal", "bce", "adaptive_threshold")
+
+
+def _reduce(cell_loss: jax.Array, weight: jax.Array, reduction: str) -> jax.Array:
+  total = (cell_loss * weight).sum()
+  if reduction == "sum":
+    return total
+  if reduction == "mean":
+    return total / jnp.maximum(weight.sum(), 1.0)
+  raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def _cell_weight(valid, label_mask):
+  return valid.astype(jnp.float32)[..., None] * label_mask.astype(jnp.float32)
+
+
+def bce_loss(logits, labels, valid, label_mask, reduction: str = "sum"):
+  labels = labels.astype(jnp.float32)
+  cell = jnp.logaddexp(0.0, logits) - logits * labels  # stable BCE-with-logits
+  return _reduce(cell, _cell_weight(valid, label_mask), reduction)
+
+
+def focal_loss(logits, labels, valid, label_mask, alpha: float = 0.8,
+               gamma: float = 3.0, reduction: str = "sum"):
+  """Sigmoid focal loss: BCE × α_t × (1 − p_t)^γ (α for positives)."""
+  labels = labels.astype(jnp.float32)
+  bce = jnp.logaddexp(0.0, logits) - logits * labels
+  p = jax.nn.sigmoid(logits)
+  p_t = p * labels + (1 - p) * (1 - labels)
+  alpha_t = alpha * labels + (1 - alpha) * (1 - labels)
+  cell = alpha_t * (1 - p_t) ** gamma * bce
+  return _reduce(cell, _cell_weight(valid, label_mask), reduction)
+
+
+def adaptive_threshold_loss(logits, threshold_logits, labels, valid, label_mask,
+                            reduction: str = "sum"):
+  """ATLOP: positives must beat the threshold class, the threshold must beat
+  every negative. `threshold_logits` is [B, E, E]."""
+  neg_inf = jnp.finfo(jnp.float32).min
+  labels = labels.astype(jnp.float32) * label_mask.astype(jnp.float32)
+  real = label_mask.astype(bool)
+  th = threshold_logits[..., None].astype(jnp.float32)
+  logits = logits.astype(jnp.float32)
+  # Positives against the threshold: softmax over {positives, TH}.
+  pos_logits = jnp.where(labels > 0, logits, neg_inf)
+  pos_norm = jax.nn.logsumexp(jnp.concatenate([pos_logits, th], -1), axis=-1)
+  loss_pos = (labels * (pos_norm[..., None] - logits)).sum(-1)
+  # The threshold against negatives: softmax over {negatives, TH}.
+  neg_logits = jnp.where((labels == 0) & real, logits, neg_inf)
+  neg_norm = jax.nn.logsumexp(jnp.concatenate([neg_logits, th], -1), axis=-1)
+  loss_th = neg_norm - th[..., 0]
+  weight = valid.astype(jnp.float32)
+  return _reduce(loss_pos + loss_th, weight, reduction)
+
+
+def valid_pairs(batch) -> jax.Array:
+  """[B, E, E] mask of pairs that count: candidate, both entities real, real doc."""
+  entity = batch["entity_mask"].astype(bool)
+  return (batch["pair_mask"].astype(bool) & entity[:, :, None] & entity[:, None, :]
+          & batch["doc_mask"].astype(bool)[:, None, None])
+
+
+def relation_loss(output, batch, kind: str = "focal", alpha: float = 0.8,
+                  gamma: float = 3.0, reduction: str = "sum") -> jax.Array:
+  """Dispatches on `kind` (one of LOSSES) for a `GLiDREOutput` and a batch."""
+  valid = valid_pairs(batch)
+  args = (batch["labels"], valid, batch["label_mask"])
+  if kind == "focal":
+    return focal_loss(output.logits, *args, alpha=alpha, gamma=gamma,
+                      reduction=reduction)
+  if kind == "bce":
+    return bce_loss(output.logits, *args, reduction=reduction)
+  if kind == "adaptive_threshold":
+    if output.threshold_logits is None:
+      raise ValueError("the adaptive_threshold loss needs model.adaptive_threshold=True")
+    return adaptive_threshold_loss(output.logits, output.threshold_logits, *args,
+                                   reduction=reduction)
+  raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")

@@ -1,0 +1,24 @@
+"""GLiDRE head configuration (the encoders carry their own configs)."""
+from __future__ import annotations
+
+import dataclasses
+
+POOLINGS = ("mean", "logsumexp")
+
+
+@dataclasses.dataclass(frozen=True)
+class GLiDREConfig:
+  hidden_size: int = 768  # D: width of entity, relation and label vectors
+  dropout: float = 0.4  # in the FFNs of the head (encoders keep their own)
+  pooling: str = "mean"  # entity pooling over mention words
+  lop: bool = True  # localized context pooling (ATLOP-style)
+  adaptive_threshold: bool = False  # extra threshold logit per pair (spec §1.11)
+  label_max_length: int = 16  # subwords per label name
+
+  def __post_init__(self):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+    if self.hidden_size <= 0:
+      raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

@@ -1,0 +1,27 @@
+"""The one key table between the official PyTorch GLiDRE state dict (spec §5)
+and our GLiDRE module. Encoder weights reuse the encoders' own tables."""
+from __future__ import annotations
+
+from glidre_jax import encoders
+from glidre_jax.keymap import KeyTable, ffn_rules, linear_rules
+
+TEXT_ENCODER = "token_rep_layer.bert_layer.model."
+LABEL_ENCODER = "token_rep_layer.labels_encoder.model."
+
+HEAD_TABLE = KeyTable(
+    linear_rules("token_rep_layer.projection")
+    + ffn_rules("token_rep_layer.labels_projection")
+    + ffn_rules("span_rep_layer.head_extractor")
+    + ffn_rules("span_rep_layer.tail_extractor")
+    + ffn_rules("span_rep_layer.projection")
+    + ffn_rules("prompt_rep_layer")
+    # Not in the official model: our adaptive-threshold head (spec §1.11).
+    + ffn_rules("threshold_head"))
+
+
+def key_table(text_model_type: str, label_model_type: str) -> KeyTable:
+  """Full GLiDRE table for the given encoder families (our paths mirror theirs)."""
+  text = encoders.encoder_family(text_model_type).key_table
+  label = encoders.encoder_family(label_model_type).key_table
+  return (text.prefixed(TEXT_ENCODER, TEXT_ENCODER)
+          + label.prefixed(LABEL_ENCODER, LABEL_ENCODER) + HEAD_TABLE)
