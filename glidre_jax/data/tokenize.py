@@ -52,7 +52,7 @@ class TokenizedWords:
   input_ids: np.ndarray  # int32 [L], with the tokenizer's special tokens, L <= max_length
   word_index: np.ndarray  # int32 [W_kept]: first-subword position of each kept word
   num_dropped: int  # words cut off by max_length (always a suffix of the words)
-  num_empty: int  # words with no subword of their own, given an [UNK] each
+  num_empty: int  # words that produced no subword of their own
 
 
 def _encode(tokenizer, words: Sequence[str]):
@@ -71,43 +71,51 @@ def _first_positions(enc, num_words: int) -> np.ndarray:
   return pos
 
 
-def tokenize_words(tokenizer, words: Sequence[str], max_length: int) -> TokenizedWords:
+def tokenize_words(tokenizer, words: Sequence[str], max_length: int, *,
+                   empty: str = "unk") -> TokenizedWords:
   """Subword ids ([CLS] ... [SEP]) and each word's first-subword position.
 
-  Words that produce no subword (zero-width or control characters, empty
-  strings) are replaced by the tokenizer's unknown token, so every word keeps
-  a position of its own and no other word moves. Words whose first subword
-  would fall at or beyond the final special token are dropped.
+  Words that produce no subword (Re-DocRED has non-breaking spaces as words)
+  still get a position and never move other words: with `empty="unk"` each
+  is replaced by the tokenizer's unknown token (a subword of its own); with
+  `empty="next"` it shares the position of the following subword, which
+  keeps the subword sequence exactly what the tokenizer gives. Words whose
+  first subword would fall on or after the closing special tokens are dropped.
   """
   if max_length < 3:
     raise ValueError(f"max_length must leave room for special tokens and a word, got {max_length}")
+  if empty not in ("unk", "next"):
+    raise ValueError(f"empty must be 'unk' or 'next', got {empty!r}")
   words = list(words)
   enc = _encode(tokenizer, words)
   pos = _first_positions(enc, len(words))
-  empty = np.flatnonzero(pos < 0)
-  if empty.size:
+  missing = np.flatnonzero(pos < 0)
+  if missing.size and empty == "unk":
     unk = tokenizer.unk_token
     if unk is None:
-      raise ValueError(f"{len(empty)} words produce no subword (first: {words[empty[0]]!r}) and "
-                       "the tokenizer has no unknown token to stand in for them")
-    for i in empty:  # only the offending words: rare, so a loop is fine
+      raise ValueError(f"{len(missing)} words produce no subword (first: {words[missing[0]]!r}) "
+                       "and the tokenizer has no unknown token; use empty='next'")
+    for i in missing:  # only the offending words: rare, so a loop is fine
       words[i] = unk
     enc = _encode(tokenizer, words)
     pos = _first_positions(enc, len(words))
     if (pos < 0).any():
       raise ValueError(f"unknown token {unk!r} produces no subword either")
   ids = np.asarray(enc.ids, dtype=np.int32)
-  # Special tokens after the last word ([SEP], or "</s>" etc.): kept on truncation.
-  last_word_tok = np.flatnonzero(np.asarray([w is not None for w in enc.word_ids]))[-1] \
-      if words else 0
-  tail = ids[last_word_tok + 1:] if words else ids[1:]
+  is_word = np.asarray([w is not None for w in enc.word_ids], dtype=bool)
+  # Closing special tokens ([SEP], "</s>", ...) survive truncation.
+  n_tail = int(np.argmax(is_word[::-1])) if is_word.any() else len(ids) - 1
+  if missing.size and empty == "next":
+    # Next valid position, or the first closing special token for trailing empties.
+    nxt = np.where(pos < 0, len(ids) - n_tail, pos)
+    pos = np.minimum.accumulate(nxt[::-1])[::-1]
   if len(ids) > max_length:
-    keep = max_length - len(tail)
-    ids = np.concatenate([ids[:keep], tail])
-    kept = int(np.searchsorted(pos, keep))  # positions are increasing
+    keep = max_length - n_tail
+    ids = np.concatenate([ids[:keep], ids[len(ids) - n_tail:]])
+    kept = int(np.searchsorted(pos, keep))  # positions are non-decreasing
   else:
     kept = len(words)
-  return TokenizedWords(ids, pos[:kept].astype(np.int32), len(words) - kept, int(empty.size))
+  return TokenizedWords(ids, pos[:kept].astype(np.int32), len(words) - kept, int(missing.size))
 
 
 def encode_labels(tokenizer, names: Sequence[str], max_length: int = 16

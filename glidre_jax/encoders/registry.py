@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax.numpy as jnp
 from flax import nnx
@@ -21,6 +21,8 @@ class EncoderFamily:
   key_table: keymap.KeyTable
   # Prefixes that task-head checkpoints (BertForX, DebertaV2ForX) put on keys.
   torch_prefixes: tuple[str, ...]
+  # config, state -> state without tensors this config never reads.
+  drop_unused: Callable[[Any, dict], dict] = lambda config, state: state
 
 
 ENCODER_FAMILIES: dict[str, EncoderFamily] = {
@@ -30,12 +32,9 @@ ENCODER_FAMILIES: dict[str, EncoderFamily] = {
 
 
 def _register_deberta() -> None:
-  try:
-    from glidre_jax.encoders.deberta import modeling, params
-  except ImportError:  # pragma: no cover - only while DeBERTa is being written
-    return
+  from glidre_jax.encoders.deberta import modeling, params
   family = EncoderFamily(modeling.DebertaV2Config, modeling.DebertaV2Model,
-                         params.KEY_TABLE, ("deberta.",))
+                         params.KEY_TABLE, ("deberta.",), params.drop_unused)
   ENCODER_FAMILIES["deberta-v2"] = family
   ENCODER_FAMILIES["deberta-v3"] = family
 
@@ -79,7 +78,7 @@ def load_encoder(path: str | os.PathLike, *, dtype=jnp.float32, seed: int = 0,
   config = config_from_hf(hf, **config_overrides)
   family = encoder_family(config.model_type)
   make = lambda: family.model_cls(config, dtype=dtype, rngs=nnx.Rngs(seed))
-  state = _strip_prefix(weights.read_state_dict(path), family)
+  state = family.drop_unused(config, _strip_prefix(weights.read_state_dict(path), family))
   expected = weights.param_shapes(nnx.eval_shape(make))
   flat = keymap.convert_to_ours(family.key_table, state, expected, source=str(path))
   return weights.build_from_flat(make, flat, seed=seed)

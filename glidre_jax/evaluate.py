@@ -1,0 +1,140 @@
+"""Scoring documents, decoding triples, and the evaluation CLI.
+
+    python -m glidre_jax.evaluate --workdir=runs/default --split='dev[400:]' \
+        --output=predictions.json
+
+loads the best (or latest) checkpoint of a run, predicts the split, writes the
+official result format (a list of {title, h_idx, t_idx, r}) and prints
+P / R / F1 / Ign F1 with the Re-DocRED semantics, at τ and over a sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from glidre_jax import metrics
+from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data.documents import Document
+from glidre_jax.data.relations import RelationSchema
+
+MIN_CANDIDATE_SCORE = 0.05  # scores below this never matter for any threshold
+
+
+@dataclasses.dataclass
+class Candidates:
+  """Every (doc, head, tail, label) scored at least MIN_CANDIDATE_SCORE."""
+  doc: np.ndarray
+  head: np.ndarray
+  tail: np.ndarray
+  label: np.ndarray
+  score: np.ndarray
+
+  def above(self, threshold: float) -> "Candidates":
+    keep = self.score > threshold
+    return Candidates(*(getattr(self, f.name)[keep] for f in dataclasses.fields(self)))
+
+
+def score_documents(predict: Callable[[dict], np.ndarray], features: Sequence[dict],
+                    buckets: featurize_lib.Buckets, label_batch: dict,
+                    batch_size: int, progress: Callable | None = None) -> Candidates:
+  """Runs `predict` (padded batch -> probabilities [B, E, E, K]) over documents.
+
+  Documents are grouped by size so that few bucket shapes are compiled and
+  little padding is computed; results are keyed by the original index.
+  """
+  num_labels = int(np.sum(label_batch["label_mask"]))
+  order = sorted(range(len(features)),
+                 key=lambda i: featurize_lib.feature_shape(features[i]))
+  found = {k: [] for k in ("doc", "head", "tail", "label", "score")}
+  steps = range(0, len(order), batch_size)
+  for start in (progress(steps) if progress else steps):
+    chunk = order[start:start + batch_size]
+    batch = featurize_lib.collate([features[i] for i in chunk], buckets, label_batch,
+                                  batch_size)
+    probs = np.asarray(predict(batch))
+    for row, doc_index in enumerate(chunk):
+      f = features[doc_index]
+      n = len(f["entity_mask"])
+      valid = (f["pair_mask"].astype(bool) & f["entity_mask"].astype(bool)[:, None]
+               & f["entity_mask"].astype(bool)[None, :])
+      p = probs[row, :n, :n, :num_labels] * valid[..., None]
+      h, t, k = np.nonzero(p >= MIN_CANDIDATE_SCORE)
+      found["doc"].append(np.full(len(h), doc_index))
+      found["head"].append(h), found["tail"].append(t), found["label"].append(k)
+      found["score"].append(p[h, t, k])
+  return Candidates(**{k: (np.concatenate(v) if v else np.zeros(0)) for k, v in found.items()})
+
+
+def to_predictions(candidates: Candidates, docs: Sequence[Document],
+                   schema: RelationSchema, threshold: float) -> list[dict]:
+  """The official result format: [{title, h_idx, t_idx, r, score}]."""
+  kept = candidates.above(threshold)
+  return [{"title": docs[d].title, "h_idx": int(h), "t_idx": int(t),
+           "r": schema.ids[k], "score": round(float(s), 6)}
+          for d, h, t, k, s in zip(kept.doc, kept.head, kept.tail, kept.label, kept.score)]
+
+
+def evaluate_candidates(candidates: Candidates, docs: Sequence[Document],
+                        schema: RelationSchema, train_docs: Sequence[Document] = (),
+                        threshold: float = 0.5, sweep: Sequence[float] = ()) -> dict:
+  """Scores at `threshold` and the best threshold of `sweep` (dev selection)."""
+  gold = metrics.gold_facts(docs, schema)
+  train = metrics.train_facts(train_docs, schema) if train_docs else None
+  at = lambda tau: metrics.score(to_predictions(candidates, docs, schema, tau), gold,
+                                 train=train)
+  fixed = at(threshold)
+  result = {"threshold": threshold, **{k: v for k, v in fixed.as_dict().items()}}
+  if sweep:
+    swept = {tau: at(tau) for tau in sweep}
+    best_tau = max(swept, key=lambda tau: swept[tau].f1)
+    result.update(best_threshold=best_tau, best_f1=swept[best_tau].f1,
+                  best_ign_f1=swept[best_tau].ign_f1)
+  return result
+
+
+def format_scores(result: dict) -> str:
+  line = (f"τ={result['threshold']:.2f}  P {100 * result['precision']:.2f}  "
+          f"R {100 * result['recall']:.2f}  F1 {100 * result['f1']:.2f}  "
+          f"Ign F1 {100 * result['ign_f1']:.2f}  (pred {result['num_pred']}, "
+          f"gold {result['num_gold']})")
+  if "best_threshold" in result:
+    line += (f" | best τ={result['best_threshold']:.2f}: F1 {100 * result['best_f1']:.2f}"
+             f"  Ign F1 {100 * result['best_ign_f1']:.2f}")
+  return line
+
+
+def main(argv=None):
+  import argparse
+
+  from glidre_jax import run_setup
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True, help="a run directory of glidre_jax.train")
+  parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  parser.add_argument("--split", default=None,
+                      help="split expression, e.g. 'dev[400:]' (default: the run's eval split)")
+  parser.add_argument("--data_dir", default=None, help="override the run's data directory")
+  parser.add_argument("--threshold", type=float, default=None,
+                      help="default: the run's eval.threshold")
+  parser.add_argument("--output", default=None, help="write predictions here (JSON list)")
+  args = parser.parse_args(argv)
+
+  run = run_setup.load_run(args.workdir, args.checkpoint, data_dir=args.data_dir)
+  split = args.split or run.config.data.eval_split
+  docs = run.read_split(split)
+  threshold = run.config.eval.threshold if args.threshold is None else args.threshold
+  candidates = run.score(docs, progress=run_setup.progress_bar(f"predict {split}"))
+  result = evaluate_candidates(candidates, docs, run.schema, run.train_docs(),
+                               threshold, tuple(run.config.eval.sweep))
+  print(f"{split} ({len(docs)} documents): {format_scores(result)}")
+  if args.output:
+    preds = to_predictions(candidates, docs, run.schema, threshold)
+    with open(args.output, "w") as f:
+      json.dump(preds, f)
+    print(f"wrote {len(preds)} predictions to {args.output}")
+
+
+if __name__ == "__main__":
+  main()

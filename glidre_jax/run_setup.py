@@ -1,0 +1,158 @@
+"""Turns a config into the parts of a run: encoders, tokenizers, model, data.
+
+Shared by `train`, `evaluate` and the benchmarks so that a run directory can
+always be rebuilt from its saved `config.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from glidre_jax import encoders
+from glidre_jax.data import assets, tfds_builders
+from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data.documents import Document
+from glidre_jax.data.relations import RelationSchema
+from glidre_jax.data.tokenize import load_tokenizer, minilm_path
+from glidre_jax.model.config import GLiDREConfig
+from glidre_jax.model.glidre import GLiDRE
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DATASETS = {"redocred": tfds_builders.ReDocRED, "cdr": tfds_builders.CDR}
+
+
+def progress_bar(desc: str):
+  """tqdm over an iterable when attached to a terminal or CI log; plain otherwise."""
+  from tqdm.auto import tqdm
+  return functools.partial(tqdm, desc=desc, file=sys.stdout, dynamic_ncols=True,
+                           mininterval=2.0)
+
+
+def resolve_encoder_dir(name: str) -> pathlib.Path:
+  """'minilm' (shipped offline) or a local HF model directory."""
+  if name == "minilm":
+    return minilm_path()
+  path = pathlib.Path(name).expanduser()
+  if not (path / "config.json").exists():
+    raise FileNotFoundError(
+        f"encoder {name!r}: not a local model directory with config.json. Nothing "
+        "is downloaded at run time: fetch the model once (e.g. huggingface-cli "
+        "download) and pass its directory, or use 'minilm'.")
+  return path
+
+
+def compute_dtype(config) -> jnp.dtype:
+  if config.compute_dtype not in DTYPES:
+    raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}, "
+                     f"got {config.compute_dtype!r}")
+  return DTYPES[config.compute_dtype]
+
+
+def model_config(config) -> GLiDREConfig:
+  return GLiDREConfig(**config.model.to_dict())
+
+
+def build_model(config, *, pretrained_encoders: bool = True) -> GLiDRE:
+  """GLiDRE with encoders from their HF checkpoints (or random, same shapes)."""
+  dtype = compute_dtype(config)
+  parts = []
+  for offset, name in enumerate((config.text_encoder, config.label_encoder)):
+    path = resolve_encoder_dir(name)
+    if pretrained_encoders:
+      parts.append(encoders.load_encoder(path, dtype=dtype, seed=config.seed + offset))
+    else:
+      hf = encoders.common.read_hf_config(path)
+      parts.append(encoders.new_encoder(encoders.config_from_hf(hf), dtype=dtype,
+                                        seed=config.seed + offset))
+  return GLiDRE(model_config(config), *parts, dtype=dtype,
+                rngs=nnx.Rngs(config.seed))
+
+
+def abstract_model(config) -> GLiDRE:
+  """Shapes only (nothing allocated): the restore target of checkpoints."""
+  return nnx.eval_shape(lambda: build_model(config, pretrained_encoders=False))
+
+
+@dataclasses.dataclass
+class DataSetup:
+  """Tokenizers, relation schema and split readers of a config."""
+  config: ml_collections.ConfigDict
+  schema: RelationSchema
+  tokenizer: object
+  label_tokenizer: object
+  builder: object
+  decode: object
+
+  @property
+  def buckets(self) -> featurize_lib.Buckets:
+    d = self.config.data
+    return featurize_lib.Buckets(tuple(d.seq_buckets), tuple(d.word_buckets),
+                                 tuple(d.entity_buckets))
+
+  @property
+  def pair_filter(self):
+    if self.config.data.dataset == "cdr":
+      return featurize_lib.type_pair_filter([("CHEM", "DISE")])
+    return None
+
+  def source(self, split: str):
+    return tfds_builders.data_source(self.builder, split)
+
+  def read_split(self, split: str) -> list[Document]:
+    return [self.decode(record) for record in self.source(split)]
+
+  def features(self, docs: Sequence[Document]) -> list[dict]:
+    index = {name: k for k, name in enumerate(self.schema.names)}
+    return [featurize_lib.featurize(doc, self.tokenizer, index,
+                                    self.config.data.max_length,
+                                    pair_filter=self.pair_filter) for doc in docs]
+
+  def label_batch(self) -> dict:
+    return featurize_lib.label_batch(self.label_tokenizer, list(self.schema.names),
+                                     max_length=self.config.model.label_max_length)
+
+
+def data_setup(config) -> DataSetup:
+  d = config.data
+  if d.dataset not in DATASETS:
+    raise ValueError(f"data.dataset must be one of {sorted(DATASETS)}, got {d.dataset!r}")
+  if d.dataset == "redocred":
+    local_dir = d.data_dir or assets.asset_path("redocred")
+    schema = RelationSchema.from_file(d.rel_info or assets.asset_path("docred", "rel_info.json"))
+  else:
+    if not d.data_dir:
+      raise ValueError("data.dataset='cdr' needs data.data_dir (a directory with "
+                       "train.json / dev.json in DocRED format)")
+    local_dir = d.data_dir
+    schema = RelationSchema.from_file(d.rel_info or assets.asset_path("cdr", "rel_info.json")
+                                      ).without("NR")
+  builder = tfds_builders.prepare(DATASETS[d.dataset], data_dir=d.get("tfds_dir"),
+                                  local_dir=local_dir)
+  text_tok = load_tokenizer(resolve_encoder_dir(config.text_encoder))
+  label_tok = (text_tok if config.label_encoder == config.text_encoder
+               else load_tokenizer(resolve_encoder_dir(config.label_encoder)))
+  return DataSetup(config, schema, text_tok, label_tok, builder,
+                   tfds_builders.record_decoder(d.dataset, schema))
+
+
+def save_config(config, workdir: pathlib.Path) -> None:
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{workdir}: no config.json (not a glidre_jax.train run directory)")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+

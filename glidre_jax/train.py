@@ -1,0 +1,171 @@
+"""Train and evaluate GLiDRE.
+
+    python -m glidre_jax.train --config=configs/default.py [--config.train.steps=200]
+
+Logs the loss every `train.log_every` steps (fetched from the device only
+then), evaluates on the dev split every `train.eval_every` steps with a
+threshold sweep, keeps the latest checkpoint (with the data iterator, so a
+killed run resumes exactly) and the best-on-dev parameters under `workdir`.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import resource
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from glidre_jax import checkpointing, evaluate, run_setup, trainer as trainer_lib
+from glidre_jax.data import pipeline
+
+log = logging.getLogger("glidre_jax.train")
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py",
+                                          "ml_collections config file (file.py[:variant])")
+_WORKDIR = flags.DEFINE_string("workdir", None, "overrides config.workdir")
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Evaluator:
+  """Dev-set scoring with label vectors computed once per call."""
+
+  def __init__(self, trainer, data: run_setup.DataSetup, docs, train_docs):
+    self.trainer, self.data, self.docs, self.train_docs = trainer, data, docs, train_docs
+    self.features = data.features(docs)
+    self.label_batch = data.label_batch()
+
+  def __call__(self, state) -> dict:
+    cfg = self.data.config
+    label_vectors = self.trainer.label_step(state.params, state.rest, self.label_batch)
+    predict = lambda batch: self.trainer.predict_step(state.params, state.rest, batch,
+                                                      label_vectors)
+    candidates = evaluate.score_documents(predict, self.features, self.data.buckets,
+                                          self.label_batch, cfg.data.eval_batch_size)
+    return evaluate.evaluate_candidates(candidates, self.docs, self.data.schema,
+                                        self.train_docs, cfg.eval.threshold,
+                                        tuple(cfg.eval.sweep))
+
+
+def train(config, workdir: pathlib.Path) -> dict:
+  """Runs the whole training; returns the summary it prints at the end."""
+  t_start = time.time()
+  is_main = jax.process_index() == 0
+  run_setup.save_config(config, workdir) if is_main else None
+  data = run_setup.data_setup(config)
+  d, tc = config.data, config.train
+
+  train_source = data.source(d.train_split)
+  subset = pipeline.subset_indices(len(train_source), d.subset_size or None, d.subset_seed)
+  train_docs = [data.decode(train_source[int(i)]) for i in subset]
+  eval_docs = data.read_split(d.eval_split)
+  if config.eval.max_docs:
+    eval_docs = eval_docs[:config.eval.max_docs]
+  log.info("train %s: %d documents; eval %s: %d documents; %d relation labels",
+           d.train_split, len(train_docs), d.eval_split, len(eval_docs),
+           data.schema.num_labels)
+
+  dataset = pipeline.build_dataset(
+      train_source, tokenizer=data.tokenizer, label_tokenizer=data.label_tokenizer,
+      label_names=data.schema.names, batch_size=d.batch_size, buckets=data.buckets,
+      max_length=d.max_length, label_max_length=config.model.label_max_length,
+      decode=data.decode, train=True, seed=d.shuffle_seed,
+      subset_size=d.subset_size or None, subset_seed=d.subset_seed,
+      pair_filter=data.pair_filter)
+  iterator = pipeline.make_iterator(dataset)
+
+  model = run_setup.build_model(config)
+  trainer = trainer_lib.Trainer(model, tc)
+  del model
+  state = trainer.initial_state
+  checkpoints = checkpointing.RunCheckpoints(workdir, tc.checkpoint_every)
+  start_step = 0
+  if tc.resume:
+    restored = checkpoints.restore_latest(state, iterator)
+    if restored is not None:
+      start_step, state = restored
+      log.info("resumed from step %d", start_step)
+  best = checkpoints.best_scores() or {"best_f1": -1.0}
+  evaluator = Evaluator(trainer, data, eval_docs, train_docs)
+  sharding = trainer_lib.batch_sharding()
+  writer = _summary_writer(workdir) if is_main else None
+  losses_logged = []
+
+  bar = run_setup.progress_bar("train")(total=tc.steps, initial=start_step)
+  t_steps, steps_timed = time.time(), 0
+  for step in range(start_step + 1, tc.steps + 1):
+    batch = next(iterator)
+    state = trainer.train_step(state, pipeline.to_device(batch, sharding))
+    steps_timed += 1
+    bar.update(1)
+    if step % tc.log_every == 0 or step == tc.steps:
+      metrics, state = trainer.fetch_metrics(state)
+      rate = steps_timed / (time.time() - t_steps)
+      t_steps, steps_timed = time.time(), 0
+      losses_logged.append((step, metrics["loss"]))
+      bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
+      if writer:
+        writer.add_scalar("train/loss", metrics["loss"], step)
+        writer.add_scalar("train/grad_norm", metrics["grad_norm"], step)
+        writer.add_scalar("train/steps_per_second", rate, step)
+    if step % tc.eval_every == 0 or step == tc.steps:
+      scores = evaluator(state)
+      bar.write(f"step {step} dev: {evaluate.format_scores(scores)}")
+      if writer:
+        for key in ("f1", "ign_f1", "precision", "recall", "best_f1", "best_threshold"):
+          writer.add_scalar(f"dev/{key}", scores[key], step)
+      if scores["best_f1"] > best["best_f1"]:
+        best = {**scores, "step": step}
+        checkpoints.save_best(step, state.params, best)
+    if step % tc.checkpoint_every == 0 or step == tc.steps:
+      checkpoints.save_latest(step, state, iterator, force=step == tc.steps)
+  bar.close()
+  checkpoints.wait()
+  checkpoints.close()
+  summary = {
+      "best_dev": best,
+      "steps": tc.steps,
+      "train_step_compilations": trainer.num_traces,
+      "predict_compilations": trainer.num_predict_traces,
+      "peak_rss_mb": round(peak_rss_mb(), 1),
+      "wall_seconds": round(time.time() - t_start, 1),
+      "logged_losses": losses_logged,
+  }
+  if writer:
+    writer.close()
+  return summary
+
+
+def _summary_writer(workdir: pathlib.Path):
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(str(workdir / "tensorboard"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                      format="%(asctime)s %(name)s: %(message)s")
+  for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  config = _CONFIG.value
+  workdir = pathlib.Path(_WORKDIR.value or config.workdir)
+  summary = train(config, workdir)
+  best = summary["best_dev"]
+  print(f"\ndone: {summary['steps']} steps in {summary['wall_seconds']} s; best dev "
+        f"(step {best.get('step')}): F1 {100 * best.get('f1', 0):.2f} / Ign F1 "
+        f"{100 * best.get('ign_f1', 0):.2f} at τ={best.get('threshold')}, "
+        f"F1 {100 * best.get('best_f1', 0):.2f} at best τ={best.get('best_threshold')}; "
+        f"train-step compilations {summary['train_step_compilations']}, peak RSS "
+        f"{summary['peak_rss_mb']:.0f} MB; checkpoints in {workdir}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,150 @@
+"""Optimizer, train state and the one jitted train step."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from glidre_jax import losses
+
+ENCODER_PATHS = ("bert_layer", "labels_encoder")  # lr_encoder applies below these
+
+
+def param_groups(params) -> Any:
+  """'encoder' for both encoders' weights, 'head' for everything else."""
+  def group(path, _):
+    names = {str(getattr(p, "key", p)) for p in path}
+    return "encoder" if names & set(ENCODER_PATHS) else "head"
+  return jax.tree_util.tree_map_with_path(group, params)
+
+
+def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
+  """AdamW with two cosine-with-warm-up learning rates, clipping, accumulation."""
+  steps = max(1, train_cfg.steps // train_cfg.grad_accum)  # optimizer updates
+  warmup = int(train_cfg.warmup_fraction * steps)
+
+  def adamw(peak):
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup_steps=max(warmup, 1), decay_steps=max(steps, warmup + 1))
+    return optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
+
+  tx = optax.chain(
+      optax.clip_by_global_norm(train_cfg.clip_norm),
+      optax.multi_transform({"encoder": adamw(train_cfg.lr_encoder),
+                             "head": adamw(train_cfg.lr_head)},
+                            param_groups(params)))
+  if train_cfg.grad_accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=train_cfg.grad_accum)
+  return tx
+
+
+@dataclasses.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any  # nnx.State of nnx.Param
+  rest: Any  # other model state (dropout rng streams)
+  opt_state: Any
+  metrics: dict  # on-device sums since the last fetch
+
+
+jax.tree_util.register_dataclass(
+    TrainState, data_fields=["step", "params", "rest", "opt_state", "metrics"],
+    meta_fields=[])
+
+
+def data_mesh() -> jax.sharding.Mesh:
+  return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def batch_sharding() -> jax.sharding.NamedSharding:
+  """Documents split over every device of a 1-D 'data' mesh."""
+  return jax.sharding.NamedSharding(data_mesh(), jax.sharding.PartitionSpec("data"))
+
+
+def replicated_sharding() -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(data_mesh(), jax.sharding.PartitionSpec())
+
+
+def empty_metrics() -> dict:
+  return {"loss_sum": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32),
+          "grad_norm_sum": jnp.zeros((), jnp.float32)}
+
+
+class Trainer:
+  """Holds the static parts (graph defs, optimizer) of a GLiDRE training run."""
+
+  def __init__(self, model: nnx.Module, train_cfg):
+    self.train_cfg = train_cfg
+    model.train()
+    self.train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    self.eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+    # Plain arrays (no Variable objects) in the state: one stable pytree
+    # structure for optax, orbax and jit's cache.
+    params, rest = nnx.pure(params), nnx.pure(rest)
+    self.tx = make_optimizer(train_cfg, params)
+    self.initial_state = jax.device_put(TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+        opt_state=self.tx.init(params), metrics=empty_metrics()), replicated_sharding())
+    self.train_step = jax.jit(self._train_step, donate_argnums=0)
+    self.predict_step = jax.jit(self._predict_step)
+    self.label_step = jax.jit(self._label_step)
+    self.num_traces = 0  # how often the train step was traced (compiles)
+    self.num_predict_traces = 0
+
+  def _loss(self, params, rest, batch):
+    # Fresh Variables at this trace level: dropout updates its rng counter.
+    rest = jax.tree.map(lambda x: x, rest)
+    model = nnx.merge(self.train_graphdef, params, rest)
+    output = model(batch)
+    cfg = self.train_cfg
+    loss = losses.relation_loss(output, batch, cfg.loss, alpha=cfg.focal_alpha,
+                                gamma=cfg.focal_gamma)
+    return loss, nnx.pure(nnx.state(model, nnx.Not(nnx.Param)))
+
+  def _train_step(self, state: TrainState, batch) -> TrainState:
+    self.num_traces += 1  # runs at trace time only
+    (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(
+        state.params, state.rest, batch)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss_sum": state.metrics["loss_sum"] + loss,
+               "count": state.metrics["count"] + 1,
+               "grad_norm_sum": state.metrics["grad_norm_sum"] + optax.global_norm(grads)}
+    return TrainState(step=state.step + 1, params=params, rest=rest,
+                      opt_state=opt_state, metrics=metrics)
+
+  def _label_step(self, params, rest, label_batch):
+    model = nnx.merge(self.eval_graphdef, params, rest)
+    return model.encode_labels(label_batch["label_input_ids"],
+                               label_batch["label_attention_mask"])
+
+  def _predict_step(self, params, rest, batch, label_vectors=None):
+    self.num_predict_traces += 1
+    model = nnx.merge(self.eval_graphdef, params, rest)
+    output = model(batch, label_vectors)
+    probs = jax.nn.sigmoid(output.logits)
+    if output.threshold_logits is not None:
+      # Adaptive threshold: a relation holds when its logit beats the pair's
+      # threshold logit; reported as a probability-like score around 0.5.
+      probs = jax.nn.sigmoid(output.logits - output.threshold_logits[..., None])
+    return probs
+
+  def model(self, state: TrainState) -> nnx.Module:
+    """An eval-mode model holding the state's parameters."""
+    return nnx.merge(self.eval_graphdef, state.params, state.rest)
+
+  @staticmethod
+  def fetch_metrics(state: TrainState) -> tuple[dict, TrainState]:
+    """Host copy of the accumulated metrics, and the state with them reset."""
+    m = jax.device_get(state.metrics)
+    n = max(int(m["count"]), 1)
+    out = {"loss": float(m["loss_sum"]) / n, "grad_norm": float(m["grad_norm_sum"]) / n}
+    # Same shardings as before, or the next train step would compile again.
+    fresh = jax.device_put(empty_metrics(), jax.tree.map(lambda x: x.sharding, state.metrics))
+    return out, dataclasses.replace(state, metrics=fresh)

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+from glidre_jax.data import batch as batch_lib
+from glidre_jax.data.assets import asset_path
+from glidre_jax.data.documents import Document, Entity, Mention, Relation
+from glidre_jax.data.featurize import (Buckets, cdr_pair_filter, collate, featurize, label_batch,
+                                       type_pair_filter)
+from glidre_jax.data.readers import normalize_cdr, read_docred
+from glidre_jax.data.relations import RelationSchema
+from glidre_jax.data.tokenize import load_tokenizer, minilm_path
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return load_tokenizer(minilm_path())
+
+
+@pytest.fixture(scope="module")
+def schema():
+  return RelationSchema.from_file(asset_path("docred", "rel_info.json"))
+
+
+@pytest.fixture(scope="module")
+def dev_docs(schema, redocred_dev_path):
+  return read_docred(redocred_dev_path, schema)
+
+
+def _index(schema):
+  return {n: k for k, n in enumerate(schema.names)}
+
+
+def test_featurize_real_docs(tok, schema, dev_docs):
+  index = _index(schema)
+  for doc in dev_docs[:3]:
+    f = featurize(doc, tok, index, 512)
+    n_ent, n_words = len(doc.entities), doc.num_words
+    assert f["entity_word_weights"].shape == (n_ent, n_words)
+    assert f["word_index"].shape == (n_words,) and f["dropped_words"] == 0
+    # Reference weights by explicit loops over mentions.
+    ref = np.zeros((n_ent, n_words), np.float32)
+    for e, ent in enumerate(doc.entities):
+      for m in ent.mentions:
+        ref[e, m.start:m.end] += 1
+    np.testing.assert_array_equal(f["entity_word_weights"], ref)
+    assert f["entity_word_weights"].sum(1).tolist() == [
+        sum(m.end - m.start for m in ent.mentions) for ent in doc.entities]
+    gold = {(r.head, r.tail, index[r.label]) for r in doc.relations}
+    assert set(map(tuple, np.argwhere(f["labels"]))) == gold and gold
+    assert f["labels"].shape == (n_ent, n_ent, schema.num_labels)
+    assert f["pair_mask"].shape == (n_ent, n_ent) and f["pair_mask"].all()  # self pairs too
+    assert f["entity_mask"].all() and f["masked_labels"] == 0
+
+
+def _doc(**kw):
+  words = ("Alan", "Turing", "was", "born", "in", "London", ".", "Turing", "left", "London")
+  ents = (Entity((Mention(0, 2, 0, "Alan Turing"), Mention(1, 2, 0, "Turing"),
+                  Mention(7, 8, 0, "Turing")), "PER"),
+          Entity((Mention(5, 6, 0, "London"), Mention(9, 10, 0, "London")), "LOC"))
+  rels = (Relation(0, 1, "place of birth"),)
+  return Document(kw.get("title", "t"), (words,), kw.get("entities", ents),
+                  kw.get("relations", rels))
+
+
+def test_overlapping_mentions_count_twice(tok, schema):
+  f = featurize(_doc(), tok, _index(schema), 512)
+  assert f["entity_word_weights"][0].tolist() == [1, 2, 0, 0, 0, 0, 0, 1, 0, 0]
+  assert f["entity_word_weights"][1].tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_truncated_entity_is_masked(tok, schema):
+  # 6 subword slots: [CLS] alan turing was born [SEP] -> London is cut off.
+  f = featurize(_doc(), tok, _index(schema), 6)
+  assert f["word_index"].shape == (4,) and f["dropped_words"] == 6
+  assert f["entity_mask"].tolist() == [1, 0]
+  assert f["dropped_entities"] == 1 and f["dropped_mentions"] == 3  # Turing@7, London x2
+  assert f["pair_mask"].tolist() == [[1, 0], [0, 0]]
+  assert f["masked_labels"] == 1  # the gold fact points at London
+
+
+def test_unknown_relation_names_document(tok, schema):
+  doc = _doc(title="Odd doc", relations=(Relation(0, 1, "no such relation"),))
+  with pytest.raises(ValueError, match="Odd doc.*no such relation"):
+    featurize(doc, tok, _index(schema), 512)
+
+
+def test_buckets_pick_and_errors():
+  b = Buckets(seq_len=(512, 128, 256), words=(64, 128, 256, 512), entities=(16, 32, 64))
+  assert b.seq_len == (128, 256, 512) and b.num_combinations == 36
+  assert b.pick(129, 64, 1) == (256, 64, 16)
+  with pytest.raises(ValueError, match="'Big'.*entities = 65"):
+    b.pick(10, 10, 65, title="Big")
+
+
+def test_collate_pads_to_bucket_shapes(tok, schema, dev_docs):
+  index = _index(schema)
+  feats = [featurize(d, tok, index, 512) for d in dev_docs[:3]]
+  labels = label_batch(tok, schema.names, num_labels=100)
+  buckets = Buckets()
+  out = collate(feats + [None], buckets, labels, batch_size=6)
+  assert set(out) == set(batch_lib.DOC_FIELDS + batch_lib.LABEL_FIELDS)
+  seq = max(len(f["input_ids"]) for f in feats)
+  words = max(len(f["word_index"]) for f in feats)
+  ents = max(len(f["entity_mask"]) for f in feats)
+  shape = buckets.pick(seq, words, ents)
+  L, W, E = shape
+  assert out["input_ids"].shape == (6, L) and out["attention_mask"].shape == (6, L)
+  assert out["word_index"].shape == out["word_mask"].shape == (6, W)
+  assert out["entity_word_weights"].shape == (6, E, W) and out["entity_word_weights"].dtype == np.float32
+  assert out["pair_mask"].shape == (6, E, E) and out["labels"].shape == (6, E, E, 100)
+  assert out["label_input_ids"].shape == (100, 16) and out["label_mask"].sum() == 96
+  assert out["doc_mask"].tolist() == [1, 1, 1, 0, 0, 0]
+  for name, arr in out.items():
+    if name != "entity_word_weights":
+      assert arr.dtype == np.int32, name
+  for i, f in enumerate(feats):
+    n = len(f["input_ids"])
+    assert out["attention_mask"][i].sum() == n and (out["input_ids"][i, n:] == 0).all()
+    assert out["word_mask"][i].sum() == len(f["word_index"])
+    np.testing.assert_array_equal(out["labels"][i, :len(f["entity_mask"]), :len(f["entity_mask"]),
+                                                :96], f["labels"])
+  for name in batch_lib.DOC_FIELDS:
+    assert not out[name][3:].any(), name  # padding documents are all zero
+
+
+def test_cdr_pair_filter(tok):
+  if not (SHARED_DATA / "cdr" / "dev.json").exists():
+    pytest.skip(f"no CDR data under {SHARED_DATA}")
+  cdr = RelationSchema.from_file(asset_path("cdr", "rel_info.json")).without("NR")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # duplicate-label notes of the CDR files
+    docs = normalize_cdr(read_docred(SHARED_DATA / "cdr" / "dev.json", cdr, strict=False))
+  index = {n: k for k, n in enumerate(cdr.names)}
+  for doc in docs[:10]:
+    f = featurize(doc, tok, index, 512, pair_filter=cdr_pair_filter)
+    types = np.array([e.type for e in doc.entities])
+    expect = (types == "CHEM")[:, None] & (types == "DISE")[None, :]
+    expect &= f["entity_mask"].astype(bool)[:, None] & f["entity_mask"].astype(bool)[None, :]
+    np.testing.assert_array_equal(f["pair_mask"], expect.astype(np.int32))
+    assert not (f["labels"][..., 0] & (1 - f["pair_mask"])).any()  # gold only on CHEM->DISE
+  f = featurize(_doc(), tok, _index(RelationSchema.from_file(asset_path("docred", "rel_info.json"))),
+                512, pair_filter=type_pair_filter([("LOC", "PER")]))
+  assert f["pair_mask"].tolist() == [[0, 0], [1, 0]] and f["masked_labels"] == 1
