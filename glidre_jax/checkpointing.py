@@ -11,7 +11,13 @@ import orbax.checkpoint as ocp
 
 def _keys_to_data(tree):
   """Typed PRNG keys -> raw uint32 data (what orbax can store)."""
-  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+  def to_data(x):
+    if not _is_key(x):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.eval_shape(jax.random.key_data, x)
+    return jax.random.key_data(x)
+  return jax.tree.map(to_data, tree)
 
 
 def _data_to_keys(tree, like):
@@ -71,20 +77,23 @@ class RunCheckpoints:
     return self.best.restore(step, args=ocp.args.Composite(
         scores=ocp.args.JsonRestore())).scores
 
-  def restore_params(self, which: str, params_like):
-    """Parameters of the 'best' or 'latest' checkpoint."""
+  def restore_params(self, which: str, state_like):
+    """Parameters of the 'best' or 'latest' checkpoint (`state_like`: a
+    TrainState of the run, abstract is enough)."""
     if which == "best":
       step = self.best.latest_step()
       if step is None:
         raise FileNotFoundError("this run has no best checkpoint yet (no evaluation ran)")
       return self.best.restore(step, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(_abstract(params_like)))).params
+          params=ocp.args.StandardRestore(_abstract(state_like.params)))).params
+    if which != "latest":
+      raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
     step = self.latest.latest_step()
     if step is None:
       raise FileNotFoundError("this run has no checkpoint")
     restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(partial_restore=True)))
-    return restored.state["params"]
+        state=ocp.args.StandardRestore(_abstract(state_like))))
+    return restored.state.params
 
   def wait(self):
     self.latest.wait_until_finished()

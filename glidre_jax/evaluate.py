@@ -68,6 +68,16 @@ def score_documents(predict: Callable[[dict], np.ndarray], features: Sequence[di
   return Candidates(**{k: (np.concatenate(v) if v else np.zeros(0)) for k, v in found.items()})
 
 
+def score_split(predictor, params, rest, data, features: Sequence[dict],
+                progress: Callable | None = None) -> Candidates:
+  """Candidates of featurized documents under (params, rest); labels encoded once."""
+  label_batch = data.label_batch()
+  label_vectors = predictor.label_step(params, rest, label_batch)
+  predict = lambda batch: predictor.predict_step(params, rest, batch, label_vectors)
+  return score_documents(predict, features, data.buckets, label_batch,
+                         data.config.data.eval_batch_size, progress=progress)
+
+
 def to_predictions(candidates: Candidates, docs: Sequence[Document],
                    schema: RelationSchema, threshold: float) -> list[dict]:
   """The official result format: [{title, h_idx, t_idx, r, score}]."""

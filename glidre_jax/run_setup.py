@@ -65,15 +65,19 @@ def model_config(config) -> GLiDREConfig:
 def build_model(config, *, pretrained_encoders: bool = True) -> GLiDRE:
   """GLiDRE with encoders from their HF checkpoints (or random, same shapes)."""
   dtype = compute_dtype(config)
+  overrides = {}
+  if config.get("encoder_attention_dropout") is not None:
+    overrides["attention_probs_dropout_prob"] = config.encoder_attention_dropout
   parts = []
   for offset, name in enumerate((config.text_encoder, config.label_encoder)):
     path = resolve_encoder_dir(name)
     if pretrained_encoders:
-      parts.append(encoders.load_encoder(path, dtype=dtype, seed=config.seed + offset))
+      parts.append(encoders.load_encoder(path, dtype=dtype, seed=config.seed + offset,
+                                         **overrides))
     else:
       hf = encoders.common.read_hf_config(path)
-      parts.append(encoders.new_encoder(encoders.config_from_hf(hf), dtype=dtype,
-                                        seed=config.seed + offset))
+      parts.append(encoders.new_encoder(encoders.config_from_hf(hf, **overrides),
+                                        dtype=dtype, seed=config.seed + offset))
   return GLiDRE(model_config(config), *parts, dtype=dtype,
                 rngs=nnx.Rngs(config.seed))
 
@@ -122,25 +126,38 @@ class DataSetup:
                                      max_length=self.config.model.label_max_length)
 
 
-def data_setup(config) -> DataSetup:
+def load_schema(config) -> RelationSchema:
+  """The relation label set of a config's dataset."""
   d = config.data
   if d.dataset not in DATASETS:
     raise ValueError(f"data.dataset must be one of {sorted(DATASETS)}, got {d.dataset!r}")
   if d.dataset == "redocred":
+    return RelationSchema.from_file(d.rel_info or assets.asset_path("docred", "rel_info.json"))
+  return RelationSchema.from_file(d.rel_info or assets.asset_path("cdr", "rel_info.json")
+                                  ).without("NR")
+
+
+def load_tokenizers(config) -> tuple[object, object]:
+  """(text tokenizer, label tokenizer); one object when both encoders agree."""
+  text_tok = load_tokenizer(resolve_encoder_dir(config.text_encoder))
+  label_tok = (text_tok if config.label_encoder == config.text_encoder
+               else load_tokenizer(resolve_encoder_dir(config.label_encoder)))
+  return text_tok, label_tok
+
+
+def data_setup(config) -> DataSetup:
+  d = config.data
+  schema = load_schema(config)
+  if d.dataset == "redocred":
     local_dir = d.data_dir or assets.asset_path("redocred")
-    schema = RelationSchema.from_file(d.rel_info or assets.asset_path("docred", "rel_info.json"))
   else:
     if not d.data_dir:
       raise ValueError("data.dataset='cdr' needs data.data_dir (a directory with "
                        "train.json / dev.json in DocRED format)")
     local_dir = d.data_dir
-    schema = RelationSchema.from_file(d.rel_info or assets.asset_path("cdr", "rel_info.json")
-                                      ).without("NR")
   builder = tfds_builders.prepare(DATASETS[d.dataset], data_dir=d.get("tfds_dir"),
                                   local_dir=local_dir)
-  text_tok = load_tokenizer(resolve_encoder_dir(config.text_encoder))
-  label_tok = (text_tok if config.label_encoder == config.text_encoder
-               else load_tokenizer(resolve_encoder_dir(config.label_encoder)))
+  text_tok, label_tok = load_tokenizers(config)
   return DataSetup(config, schema, text_tok, label_tok, builder,
                    tfds_builders.record_decoder(d.dataset, schema))
 
@@ -156,3 +173,60 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{workdir}: no config.json (not a glidre_jax.train run directory)")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  """A trained run rebuilt from its directory: config, data, weights, predictor."""
+  config: ml_collections.ConfigDict
+  data: DataSetup
+  params: object
+  rest: object
+  predictor: object
+
+  @property
+  def schema(self) -> RelationSchema:
+    return self.data.schema
+
+  def read_split(self, split: str) -> list[Document]:
+    return self.data.read_split(split)
+
+  def train_docs(self) -> list[Document]:
+    """The documents the run trained on (their facts define Ign F1)."""
+    from glidre_jax.data import pipeline
+    d = self.config.data
+    source = self.data.source(d.train_split)
+    subset = pipeline.subset_indices(len(source), d.subset_size or None, d.subset_seed)
+    return [self.data.decode(source[int(i)]) for i in subset]
+
+  def score(self, docs: Sequence[Document], progress=None):
+    from glidre_jax import evaluate
+    return evaluate.score_split(self.predictor, self.params, self.rest, self.data,
+                                self.data.features(docs), progress=progress)
+
+
+def restore_weights(workdir, which: str = "best", config=None):
+  """(config, eval graphdef, params, rest) of a run directory, without its data."""
+  from glidre_jax import checkpointing, trainer, weights
+  workdir = pathlib.Path(workdir)
+  config = load_config(workdir) if config is None else config
+  model = abstract_model(config)
+  model.eval()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  checkpoints = checkpointing.RunCheckpoints(workdir, save_every=1)
+  try:
+    state_like = trainer.abstract_state(nnx.as_pure(params), nnx.as_pure(rest), config.train)
+    params = checkpoints.restore_params(which, state_like)
+  finally:
+    checkpoints.close()
+  return config, graphdef, params, weights.materialize(nnx.as_pure(rest), config.seed)
+
+
+def load_run(workdir, which: str = "best", *, data_dir: str | None = None) -> LoadedRun:
+  """Rebuilds a `glidre_jax.train` run from `workdir` with its best/latest weights."""
+  from glidre_jax import trainer
+  config = load_config(pathlib.Path(workdir))
+  if data_dir is not None:
+    config.data.data_dir = data_dir
+  config, graphdef, params, rest = restore_weights(workdir, which, config)
+  return LoadedRun(config, data_setup(config), params, rest, trainer.Predictor(graphdef))

@@ -35,20 +35,16 @@ def peak_rss_mb() -> float:
 
 
 class Evaluator:
-  """Dev-set scoring with label vectors computed once per call."""
+  """Dev-set scoring; documents are featurized once for the whole run."""
 
-  def __init__(self, trainer, data: run_setup.DataSetup, docs, train_docs):
-    self.trainer, self.data, self.docs, self.train_docs = trainer, data, docs, train_docs
+  def __init__(self, predictor, data: run_setup.DataSetup, docs, train_docs):
+    self.predictor, self.data, self.docs, self.train_docs = predictor, data, docs, train_docs
     self.features = data.features(docs)
-    self.label_batch = data.label_batch()
 
   def __call__(self, state) -> dict:
     cfg = self.data.config
-    label_vectors = self.trainer.label_step(state.params, state.rest, self.label_batch)
-    predict = lambda batch: self.trainer.predict_step(state.params, state.rest, batch,
-                                                      label_vectors)
-    candidates = evaluate.score_documents(predict, self.features, self.data.buckets,
-                                          self.label_batch, cfg.data.eval_batch_size)
+    candidates = evaluate.score_split(self.predictor, state.params, state.rest, self.data,
+                                      self.features)
     return evaluate.evaluate_candidates(candidates, self.docs, self.data.schema,
                                         self.train_docs, cfg.eval.threshold,
                                         tuple(cfg.eval.sweep))
@@ -76,7 +72,7 @@ def train(config, workdir: pathlib.Path) -> dict:
       train_source, tokenizer=data.tokenizer, label_tokenizer=data.label_tokenizer,
       label_names=data.schema.names, batch_size=d.batch_size, buckets=data.buckets,
       max_length=d.max_length, label_max_length=config.model.label_max_length,
-      decode=data.decode, train=True, seed=d.shuffle_seed,
+      decode=data.decode, train=True, seed=d.shuffle_seed, sort_window=d.sort_window,
       subset_size=d.subset_size or None, subset_seed=d.subset_seed,
       pair_filter=data.pair_filter)
   iterator = pipeline.make_iterator(dataset)
@@ -93,53 +89,56 @@ def train(config, workdir: pathlib.Path) -> dict:
       start_step, state = restored
       log.info("resumed from step %d", start_step)
   best = checkpoints.best_scores() or {"best_f1": -1.0}
-  evaluator = Evaluator(trainer, data, eval_docs, train_docs)
+  evaluator = Evaluator(trainer.predictor, data, eval_docs, train_docs)
   sharding = trainer_lib.batch_sharding()
   writer = _summary_writer(workdir) if is_main else None
   losses_logged = []
 
   bar = run_setup.progress_bar("train")(total=tc.steps, initial=start_step)
   t_steps, steps_timed = time.time(), 0
-  for step in range(start_step + 1, tc.steps + 1):
-    batch = next(iterator)
-    state = trainer.train_step(state, pipeline.to_device(batch, sharding))
-    steps_timed += 1
-    bar.update(1)
-    if step % tc.log_every == 0 or step == tc.steps:
-      metrics, state = trainer.fetch_metrics(state)
-      rate = steps_timed / (time.time() - t_steps)
-      t_steps, steps_timed = time.time(), 0
-      losses_logged.append((step, metrics["loss"]))
-      bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
-      if writer:
-        writer.add_scalar("train/loss", metrics["loss"], step)
-        writer.add_scalar("train/grad_norm", metrics["grad_norm"], step)
-        writer.add_scalar("train/steps_per_second", rate, step)
-    if step % tc.eval_every == 0 or step == tc.steps:
-      scores = evaluator(state)
-      bar.write(f"step {step} dev: {evaluate.format_scores(scores)}")
-      if writer:
-        for key in ("f1", "ign_f1", "precision", "recall", "best_f1", "best_threshold"):
-          writer.add_scalar(f"dev/{key}", scores[key], step)
-      if scores["best_f1"] > best["best_f1"]:
-        best = {**scores, "step": step}
-        checkpoints.save_best(step, state.params, best)
-    if step % tc.checkpoint_every == 0 or step == tc.steps:
-      checkpoints.save_latest(step, state, iterator, force=step == tc.steps)
-  bar.close()
-  checkpoints.wait()
-  checkpoints.close()
+  try:
+    for step in range(start_step + 1, tc.steps + 1):
+      batch = next(iterator)
+      state = trainer.train_step(state, pipeline.to_device(batch, sharding))
+      steps_timed += 1
+      bar.update(1)
+      if step % tc.log_every == 0 or step == tc.steps:
+        metrics, state = trainer.fetch_metrics(state)
+        rate = steps_timed / (time.time() - t_steps)
+        t_steps, steps_timed = time.time(), 0
+        losses_logged.append((step, metrics["loss"]))
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
+        if writer:
+          writer.add_scalar("train/loss", metrics["loss"], step)
+          writer.add_scalar("train/grad_norm", metrics["grad_norm"], step)
+          writer.add_scalar("train/steps_per_second", rate, step)
+      if step % tc.eval_every == 0 or step == tc.steps:
+        scores = evaluator(state)
+        bar.write(f"step {step} dev: {evaluate.format_scores(scores)}")
+        if writer:
+          for key in ("f1", "ign_f1", "precision", "recall", "best_f1", "best_threshold"):
+            writer.add_scalar(f"dev/{key}", scores[key], step)
+        if scores["best_f1"] > best["best_f1"]:
+          best = {**scores, "step": step}
+          checkpoints.save_best(step, state.params, best)
+      if step % tc.checkpoint_every == 0 or step == tc.steps:
+        checkpoints.save_latest(step, state, iterator, force=step == tc.steps)
+  finally:
+    # Saves are asynchronous: let the last one land even if the loop failed.
+    bar.close()
+    checkpoints.wait()
+    checkpoints.close()
+    if writer:
+      writer.close()
   summary = {
       "best_dev": best,
       "steps": tc.steps,
       "train_step_compilations": trainer.num_traces,
-      "predict_compilations": trainer.num_predict_traces,
+      "predict_compilations": trainer.predictor.num_traces,
       "peak_rss_mb": round(peak_rss_mb(), 1),
       "wall_seconds": round(time.time() - t_start, 1),
       "logged_losses": losses_logged,
   }
-  if writer:
-    writer.close()
   return summary
 
 

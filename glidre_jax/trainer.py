@@ -12,14 +12,17 @@ from flax import nnx
 
 from glidre_jax import losses
 
-ENCODER_PATHS = ("bert_layer", "labels_encoder")  # lr_encoder applies below these
+TEXT_ENCODER, LABEL_ENCODER = "bert_layer", "labels_encoder"  # lr_encoder below these
 
 
-def param_groups(params) -> Any:
-  """'encoder' for both encoders' weights, 'head' for everything else."""
+def param_groups(params, freeze_label_encoder: bool = False) -> Any:
+  """'encoder' for both encoders' weights, 'head' for everything else, and
+  'frozen' for the label encoder when it is not trained."""
   def group(path, _):
     names = {str(getattr(p, "key", p)) for p in path}
-    return "encoder" if names & set(ENCODER_PATHS) else "head"
+    if LABEL_ENCODER in names:
+      return "frozen" if freeze_label_encoder else "encoder"
+    return "encoder" if TEXT_ENCODER in names else "head"
   return jax.tree_util.tree_map_with_path(group, params)
 
 
@@ -36,8 +39,9 @@ def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
   tx = optax.chain(
       optax.clip_by_global_norm(train_cfg.clip_norm),
       optax.multi_transform({"encoder": adamw(train_cfg.lr_encoder),
-                             "head": adamw(train_cfg.lr_head)},
-                            param_groups(params)))
+                             "head": adamw(train_cfg.lr_head),
+                             "frozen": optax.set_to_zero()},
+                            param_groups(params, train_cfg.get("freeze_label_encoder", False))))
   if train_cfg.grad_accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=train_cfg.grad_accum)
   return tx
@@ -75,6 +79,14 @@ def empty_metrics() -> dict:
           "grad_norm_sum": jnp.zeros((), jnp.float32)}
 
 
+def abstract_state(params, rest, train_cfg) -> TrainState:
+  """The shapes of a run's TrainState (restore target), nothing allocated."""
+  tx = make_optimizer(train_cfg, params)
+  return jax.eval_shape(lambda p, r: TrainState(
+      step=jnp.zeros((), jnp.int32), params=p, rest=r, opt_state=tx.init(p),
+      metrics=empty_metrics()), params, rest)
+
+
 class Trainer:
   """Holds the static parts (graph defs, optimizer) of a GLiDRE training run."""
 
@@ -86,26 +98,26 @@ class Trainer:
     self.eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
     # Plain arrays (no Variable objects) in the state: one stable pytree
     # structure for optax, orbax and jit's cache.
-    params, rest = nnx.pure(params), nnx.pure(rest)
+    params, rest = nnx.as_pure(params), nnx.as_pure(rest)
     self.tx = make_optimizer(train_cfg, params)
     self.initial_state = jax.device_put(TrainState(
         step=jnp.zeros((), jnp.int32), params=params, rest=rest,
         opt_state=self.tx.init(params), metrics=empty_metrics()), replicated_sharding())
     self.train_step = jax.jit(self._train_step, donate_argnums=0)
-    self.predict_step = jax.jit(self._predict_step)
-    self.label_step = jax.jit(self._label_step)
+    self.predictor = Predictor(self.eval_graphdef)
     self.num_traces = 0  # how often the train step was traced (compiles)
-    self.num_predict_traces = 0
 
   def _loss(self, params, rest, batch):
     # Fresh Variables at this trace level: dropout updates its rng counter.
     rest = jax.tree.map(lambda x: x, rest)
     model = nnx.merge(self.train_graphdef, params, rest)
-    output = model(batch)
     cfg = self.train_cfg
+    label_vectors = model.encode_labels(batch["label_input_ids"], batch["label_attention_mask"],
+                                        freeze_encoder=cfg.get("freeze_label_encoder", False))
+    output = model(batch, label_vectors)
     loss = losses.relation_loss(output, batch, cfg.loss, alpha=cfg.focal_alpha,
                                 gamma=cfg.focal_gamma)
-    return loss, nnx.pure(nnx.state(model, nnx.Not(nnx.Param)))
+    return loss, nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
 
   def _train_step(self, state: TrainState, batch) -> TrainState:
     self.num_traces += 1  # runs at trace time only
@@ -115,29 +127,9 @@ class Trainer:
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss_sum": state.metrics["loss_sum"] + loss,
                "count": state.metrics["count"] + 1,
-               "grad_norm_sum": state.metrics["grad_norm_sum"] + optax.global_norm(grads)}
+               "grad_norm_sum": state.metrics["grad_norm_sum"] + optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=params, rest=rest,
                       opt_state=opt_state, metrics=metrics)
-
-  def _label_step(self, params, rest, label_batch):
-    model = nnx.merge(self.eval_graphdef, params, rest)
-    return model.encode_labels(label_batch["label_input_ids"],
-                               label_batch["label_attention_mask"])
-
-  def _predict_step(self, params, rest, batch, label_vectors=None):
-    self.num_predict_traces += 1
-    model = nnx.merge(self.eval_graphdef, params, rest)
-    output = model(batch, label_vectors)
-    probs = jax.nn.sigmoid(output.logits)
-    if output.threshold_logits is not None:
-      # Adaptive threshold: a relation holds when its logit beats the pair's
-      # threshold logit; reported as a probability-like score around 0.5.
-      probs = jax.nn.sigmoid(output.logits - output.threshold_logits[..., None])
-    return probs
-
-  def model(self, state: TrainState) -> nnx.Module:
-    """An eval-mode model holding the state's parameters."""
-    return nnx.merge(self.eval_graphdef, state.params, state.rest)
 
   @staticmethod
   def fetch_metrics(state: TrainState) -> tuple[dict, TrainState]:
@@ -148,3 +140,29 @@ class Trainer:
     # Same shardings as before, or the next train step would compile again.
     fresh = jax.device_put(empty_metrics(), jax.tree.map(lambda x: x.sharding, state.metrics))
     return out, dataclasses.replace(state, metrics=fresh)
+
+
+class Predictor:
+  """Jitted inference on (params, rest) of an eval-mode graph definition."""
+
+  def __init__(self, eval_graphdef):
+    self.graphdef = eval_graphdef
+    self.label_step = jax.jit(self._label_step)
+    self.predict_step = jax.jit(self._predict_step)
+    self.num_traces = 0  # predict-step compilations
+
+  def model(self, params, rest) -> nnx.Module:
+    return nnx.merge(self.graphdef, params, rest)
+
+  def _label_step(self, params, rest, label_batch):
+    return self.model(params, rest).encode_labels(label_batch["label_input_ids"],
+                                                  label_batch["label_attention_mask"])
+
+  def _predict_step(self, params, rest, batch, label_vectors=None):
+    self.num_traces += 1  # runs at trace time only
+    output = self.model(params, rest)(batch, label_vectors)
+    if output.threshold_logits is not None:
+      # Adaptive threshold: a relation holds when its logit beats the pair's
+      # threshold logit, i.e. when this score is above 0.5.
+      return jax.nn.sigmoid(output.logits - output.threshold_logits[..., None])
+    return jax.nn.sigmoid(output.logits)

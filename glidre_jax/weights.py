@@ -90,12 +90,18 @@ def build_from_flat(make: Callable[[], M], flat: Mapping[str, np.ndarray],
     return jnp.asarray(value, dtype=param_dtype)
 
   nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(fill, pure))
-  # Non-param state (rng keys and counters) is tiny: materialise it for real.
-  def materialise(x):
+  return nnx.merge(graphdef, params, materialize(rest, seed))
+
+
+def materialize(abstract_state, seed: int = 0):
+  """Concrete values for abstract non-param state (rng keys and counters).
+
+  It is tiny, so it is simply created: keys from `seed`, counters at zero.
+  """
+  def make(x):
     if not isinstance(x, jax.ShapeDtypeStruct):
       return x
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       return jnp.broadcast_to(jax.random.key(seed), x.shape)
     return jnp.zeros(x.shape, x.dtype)
-  concrete_rest = jax.tree.map(materialise, rest)
-  return nnx.merge(graphdef, params, concrete_rest)
+  return jax.tree.map(make, abstract_state)

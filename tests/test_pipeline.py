@@ -160,3 +160,17 @@ def test_to_device_single_process(tok, schema, dev_docs):
     assert arr.shape == batch[name].shape and arr.dtype == batch[name].dtype
     np.testing.assert_array_equal(np.asarray(arr), batch[name])
   assert out["label_mask"].sharding.is_fully_replicated
+
+
+def test_sorted_windows_keep_epochs_complete_and_batches_homogeneous():
+  from glidre_jax.data.pipeline import EpochOrder
+  indices = np.arange(40)
+  sizes = {i: (i * 37) % 101 for i in range(40)}
+  order = EpochOrder(indices, sizes, batch_size=4, window=5, seed=3, num_epochs=None)
+  for epoch in range(2):
+    seen = [order[epoch * 40 + k] for k in range(40)]
+    assert sorted(seen) == list(range(40))  # every document once per epoch
+  plain = np.random.default_rng([3, 0]).permutation(indices)
+  spread = lambda seq: np.mean([np.ptp([sizes[i] for i in seq[k:k + 4]]) for k in range(0, 40, 4)])
+  assert spread([order[k] for k in range(40)]) < spread(plain) / 2
+  assert [order[k] for k in range(40)] != [order[40 + k] for k in range(40)]

@@ -60,8 +60,52 @@ def _process_shard(shard_index: int | None, num_shards: int | None) -> tuple[int
   return shard_index, num_shards
 
 
+class EpochOrder(Sequence):
+  """The training order of document indices, epoch after epoch, lazily.
+
+  Each epoch is a fresh seeded permutation. With `window` > 1, every run of
+  window × batch_size documents is sorted by size and cut into batches whose
+  order is then shuffled again: batches keep their randomness but hold
+  documents of similar length, so they pad to smaller buckets.
+  """
+
+  def __init__(self, indices: np.ndarray, sizes: Mapping[int, int] | None, batch_size: int,
+               window: int, seed: int, num_epochs: int | None):
+    self.indices, self.sizes = np.asarray(indices), sizes
+    self.batch_size, self.window, self.seed = batch_size, window, seed
+    self.num_epochs = num_epochs
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    # "Forever" is a length no run reaches; grain needs a finite one.
+    return len(self.indices) * (self.num_epochs or 10**9)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    epoch, pos = divmod(int(i), len(self.indices))
+    return int(self._epoch(epoch)[pos])
+
+  def _epoch(self, epoch: int) -> np.ndarray:
+    if epoch not in self._cache:
+      if len(self._cache) > 2:
+        self._cache.clear()
+      rng = np.random.default_rng([self.seed, epoch])
+      order = rng.permutation(self.indices)
+      if self.window > 1 and self.sizes is not None:
+        span = self.window * self.batch_size
+        parts = []
+        for start in range(0, len(order), span):
+          chunk = sorted(order[start:start + span], key=lambda i: self.sizes.get(int(i), 0))
+          batches = [chunk[k:k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+          parts.extend(b for k in rng.permutation(len(batches)) for b in [batches[k]])
+        order = np.asarray([i for b in parts for i in b])
+      self._cache[epoch] = order
+    return self._cache[epoch]
+
+
 def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str],
-                  label_tokenizer=None,
+                  label_tokenizer=None, sort_window: int = 0,
                   batch_size: int, buckets: Buckets = Buckets(), max_length: int = 512,
                   label_max_length: int = 16, num_labels: int | None = None,
                   decode: Callable[[Any], Document] | None = None, train: bool = False,
@@ -76,6 +120,8 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     `decode`) or a list of `Document`s (decode=None).
   batch_size: documents per batch on *this process*.
   label_tokenizer: tokenizer of the label encoder (default: `tokenizer`).
+  sort_window: training batches per window sorted by document length (see
+    EpochOrder); 0 or 1 keeps a plain shuffle.
   train: shuffle with `seed`, reshuffled every epoch; `num_epochs` None
     repeats forever. Evaluation reads each document once, in order.
   subset_size / subset_seed: a fixed random subset of the documents (few-shot).
@@ -117,9 +163,15 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
                    **batch_stats(features)}
     return out
 
-  ds = grain.MapDataset.source(indices.tolist())
   if train:
-    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    sizes = None
+    if sort_window > 1:
+      read = (lambda i: source[i]) if decode is None else (lambda i: decode(source[i]))
+      sizes = {int(i): read(int(i)).num_words for i in indices if i >= 0}
+    ds = grain.MapDataset.source(EpochOrder(indices, sizes, batch_size, sort_window, seed,
+                                            num_epochs))
+  else:
+    ds = grain.MapDataset.source(indices.tolist())
   return ds.map(load).batch(batch_size, batch_fn=to_batch)
 
 

@@ -140,6 +140,12 @@ def read_docred(path: str | os.PathLike, schema: RelationSchema, *,
   return docs
 
 
+def docred_document(raw, schema: RelationSchema, *, index: int | None = None,
+                    drop_relations: Iterable[str] = ("NR",), strict: bool = True) -> Document:
+  """One DocRED-format document (a dict of a split file), validated as `read_docred`."""
+  return _docred_doc(raw, _Where(None, index), schema, frozenset(drop_relations), strict)[0]
+
+
 def _docred_doc(raw, where: _Where, schema: RelationSchema, drop: frozenset[str],
                 strict: bool) -> tuple[Document, int]:
   _check(raw, "dict", where, None)
@@ -302,6 +308,11 @@ def read_glidre(path: str | os.PathLike, *, strict: bool = True) -> list[Documen
       dups.append((i, doc.title, n))
   _warn_dups(path, dups)
   return docs
+
+
+def glidre_document(raw, *, index: int | None = None, strict: bool = True) -> Document:
+  """One reference-GLiDRE-format document dict, validated as `read_glidre`."""
+  return _glidre_doc(raw, _Where(None, index), strict)[0]
 
 
 def _glidre_doc(raw, where: _Where, strict: bool) -> tuple[Document, int]:

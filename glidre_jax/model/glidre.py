@@ -88,7 +88,9 @@ class TokenRepLayer(nnx.Module):
     d_text, d_label, d = text_encoder.hidden_size, label_encoder.hidden_size, cfg.hidden_size
     self.projection = (nnx.Linear(d_text, d, dtype=dtype, rngs=rngs)
                        if d_text != d else None)
-    self.labels_projection = (FFN(d_label, d, cfg.dropout, dtype=dtype, rngs=rngs)
+    # A plain Linear, as the official BiEncoder (it projects each label token
+    # before the mean pooling; the mean commutes with an affine map).
+    self.labels_projection = (nnx.Linear(d_label, d, dtype=dtype, rngs=rngs)
                               if d_label != d else None)
 
   def encode_text(self, input_ids, attention_mask, word_index, word_mask):
@@ -99,13 +101,14 @@ class TokenRepLayer(nnx.Module):
       words = self.projection(words)
     return words, word_att
 
-  def encode_labels(self, label_input_ids, label_attention_mask):
+  def encode_label_tokens(self, label_input_ids, label_attention_mask):
+    """Mask-weighted mean of the label encoder's states [K, d_label]."""
     out = self.labels_encoder.model(label_input_ids, label_attention_mask)
-    labels = masked_mean(out.last_hidden_state.astype(jnp.float32),
-                         label_attention_mask, axis=1)
-    if self.labels_projection is not None:
-      labels = self.labels_projection(labels)
-    return labels
+    return masked_mean(out.last_hidden_state.astype(jnp.float32),
+                       label_attention_mask, axis=1)
+
+  def project_labels(self, pooled):
+    return pooled if self.labels_projection is None else self.labels_projection(pooled)
 
 
 class RelRep(nnx.Module):
@@ -151,9 +154,17 @@ class GLiDRE(nnx.Module):
     self.threshold_head = (FFN(2 * d, 1, cfg.dropout, dtype=dtype, rngs=rngs)
                            if cfg.adaptive_threshold else None)
 
-  def encode_labels(self, label_input_ids, label_attention_mask) -> jax.Array:
-    """Label vectors l_k [K, D]; depend only on the label strings (cacheable)."""
-    labels = self.token_rep_layer.encode_labels(label_input_ids, label_attention_mask)
+  def encode_labels(self, label_input_ids, label_attention_mask,
+                    freeze_encoder: bool = False) -> jax.Array:
+    """Label vectors l_k [K, D]; depend only on the label strings (cacheable).
+
+    freeze_encoder: no gradient flows into the label encoder (its backward
+    pass is then not computed at all).
+    """
+    pooled = self.token_rep_layer.encode_label_tokens(label_input_ids, label_attention_mask)
+    if freeze_encoder:
+      pooled = jax.lax.stop_gradient(pooled)
+    labels = self.token_rep_layer.project_labels(pooled)
     return self.prompt_rep_layer(labels).astype(jnp.float32)
 
   def relation_reps(self, input_ids, attention_mask, word_index, word_mask,

@@ -10,13 +10,16 @@ LABEL_ENCODER = "token_rep_layer.labels_encoder.model."
 
 HEAD_TABLE = KeyTable(
     linear_rules("token_rep_layer.projection")
-    + ffn_rules("token_rep_layer.labels_projection")
+    + linear_rules("token_rep_layer.labels_projection")
     + ffn_rules("span_rep_layer.head_extractor")
     + ffn_rules("span_rep_layer.tail_extractor")
     + ffn_rules("span_rep_layer.projection")
     + ffn_rules("prompt_rep_layer")
     # Not in the official model: our adaptive-threshold head (spec §1.11).
-    + ffn_rules("threshold_head"))
+    + ffn_rules("threshold_head"),
+    # The official config defaults to has_rnn=True, which builds an LSTM that
+    # the relation model never calls: its weights are dropped on import.
+    ignore_torch=[r"rnn\..*"])
 
 
 def key_table(text_model_type: str, label_model_type: str) -> KeyTable:

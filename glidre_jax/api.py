@@ -1,0 +1,201 @@
+"""Prediction on new documents with free-text relation labels.
+
+    from glidre_jax import GLiDRE
+    model = GLiDRE.from_pretrained("runs/default")       # or an official PyTorch directory
+    doc = {"text": "Marie Curie was born in Warsaw.",
+           "entities": [{"mentions": [[0, 11]], "type": "PER"}, {"mentions": [[24, 30]]}]}
+    model.predict([doc], ["place of birth", "country"], threshold=0.5)
+    # -> [[{"head": 0, "tail": 1, "label": "place of birth", "score": 0.93}]]
+
+Documents are featurized as in training and padded to the run's shape
+buckets, so one compiled step serves every batch of a bucket. Label vectors
+are computed once per label set and cached.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+from flax import nnx
+
+from glidre_jax import decoding, run_setup, trainer
+from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data import inputs
+from glidre_jax.data.documents import Document
+
+OFFICIAL_CONFIG = "glidre_config.json"  # marks an official PyTorch GLiDRE directory
+
+
+class GLiDREPredictor:
+  """A trained GLiDRE with its tokenizers, ready for `predict`."""
+
+  def __init__(self, config, graphdef, params, rest, tokenizer, label_tokenizer, *,
+               buckets: featurize_lib.Buckets | None = None, batch_size: int | None = None):
+    self.config = config
+    self.predictor = trainer.Predictor(graphdef)
+    self.params, self.rest = params, rest
+    self.tokenizer, self.label_tokenizer = tokenizer, label_tokenizer
+    d = config.data
+    self.max_length = int(d.max_length)
+    self.buckets = buckets or featurize_lib.Buckets(
+        tuple(d.seq_buckets), tuple(d.word_buckets), tuple(d.entity_buckets))
+    self.batch_size = int(batch_size or d.eval_batch_size)
+    self._label_cache: dict[tuple[str, ...], tuple[dict, object]] = {}
+    self.label_encoder_calls = 0  # label-encoder runs (cache misses)
+
+  # -- loading ----------------------------------------------------------------
+
+  @classmethod
+  def from_model(cls, model: nnx.Module, config, *, tokenizers=None, **kwargs
+                 ) -> GLiDREPredictor:
+    """From an in-memory GLiDRE module (switched to eval mode) and its run config."""
+    model.eval()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tok, label_tok = tokenizers or run_setup.load_tokenizers(config)
+    return cls(config, graphdef, nnx.as_pure(params), nnx.as_pure(rest), tok, label_tok,
+               **kwargs)
+
+  @classmethod
+  def from_pretrained(cls, path, which: str = "best", *, text_encoder_dir=None,
+                      label_encoder_dir=None, import_to=None, **kwargs) -> GLiDREPredictor:
+    """A glidre-jax run directory ('best' or 'latest' weights), or an official
+    PyTorch GLiDRE directory (imported on the fly; kept as a run directory in
+    `import_to` when given). kwargs: buckets, batch_size."""
+    path = pathlib.Path(path).expanduser()
+    if (path / OFFICIAL_CONFIG).exists():
+      return cls._from_official(path, text_encoder_dir, label_encoder_dir, import_to, **kwargs)
+    if not (path / "config.json").exists():
+      raise FileNotFoundError(
+          f"{path}: neither a glidre-jax run directory (config.json + checkpoints) nor an "
+          f"official GLiDRE directory ({OFFICIAL_CONFIG})")
+    config, graphdef, params, rest = run_setup.restore_weights(path, which)
+    return cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config), **kwargs)
+
+  @classmethod
+  def _from_official(cls, path, text_encoder_dir, label_encoder_dir, import_to, **kwargs):
+    try:
+      from converters import import_official
+    except ImportError as err:
+      raise ImportError(
+          f"{path} is an official PyTorch GLiDRE directory; importing it needs the "
+          "repository's `converters` package (run from the repository root), or convert it "
+          f"once with `python -m converters.import_official --src {path} --workdir RUN_DIR` "
+          "and load RUN_DIR") from err
+    enc = dict(text_encoder_dir=text_encoder_dir, label_encoder_dir=label_encoder_dir)
+    model = import_official.import_glidre(path, **enc)
+    with tempfile.TemporaryDirectory() as tmp:
+      workdir = import_official.save_as_run(model, import_official.describe(path, **enc),
+                                            import_to or tmp)
+      config = run_setup.load_config(workdir)
+      tokenizers = run_setup.load_tokenizers(config)  # read before tmp goes away
+    return cls.from_model(model, config, tokenizers=tokenizers, **kwargs)
+
+  def train_labels(self) -> tuple[str, ...]:
+    """The relation names of the run's dataset (e.g. the 96 Re-DocRED relations)."""
+    return run_setup.load_schema(self.config).names
+
+  # -- labels -----------------------------------------------------------------
+
+  def label_vectors(self, labels: Sequence[str], *, cache: bool = True) -> tuple[dict, object]:
+    """(label batch, label vectors [K, D]) of a label set; cached by the label tuple."""
+    key = decoding.check_labels(labels)
+    if cache and key in self._label_cache:
+      return self._label_cache[key]
+    label_batch = featurize_lib.label_batch(self.label_tokenizer, list(key),
+                                            max_length=self.config.model.label_max_length)
+    vectors = self.predictor.label_step(self.params, self.rest, label_batch)
+    self.label_encoder_calls += 1
+    if cache:
+      self._label_cache[key] = (label_batch, vectors)
+    return label_batch, vectors
+
+  def clear_label_cache(self) -> None:
+    self._label_cache.clear()
+
+  # -- documents --------------------------------------------------------------
+
+  def featurize(self, docs: Sequence[Document]) -> list[dict]:
+    """Unpadded features (no gold labels); warns about entities lost to truncation."""
+    feats = [featurize_lib.featurize(doc, self.tokenizer, {}, self.max_length) for doc in docs]
+    lost = [(f["title"], f["dropped_entities"]) for f in feats if f["dropped_entities"]]
+    if lost:
+      warnings.warn(f"{sum(n for _, n in lost)} entities in {len(lost)} documents (first: "
+                    f"{lost[0][0]!r}) lie beyond max_length={self.max_length} subwords and get "
+                    "no predictions", stacklevel=3)
+    return feats
+
+  def _buckets_for(self, features: Sequence[dict]) -> featurize_lib.Buckets:
+    """The run's buckets, with a larger entity bucket when a document needs one."""
+    need = max(featurize_lib.feature_shape(f)[2] for f in features)
+    size = self.buckets.entities[-1]
+    if need <= size:
+      return self.buckets
+    while size < need:
+      size *= 2
+    return dataclasses.replace(self.buckets, entities=self.buckets.entities + (size,))
+
+  def _batches(self, features: Sequence[dict], labels: Sequence[str], batch_size: int,
+               cache_labels: bool, progress: Callable | None
+               ) -> Iterator[tuple[list[int], dict, np.ndarray]]:
+    """(document indices, padded batch, probabilities [B, E, E, K]) per batch,
+    documents grouped by size (few bucket shapes, little padding)."""
+    buckets = self._buckets_for(features)
+    order = sorted(range(len(features)),
+                   key=lambda i: featurize_lib.feature_shape(features[i]))
+    steps = range(0, len(order), batch_size)
+    for start in (progress(steps) if progress else steps):
+      chunk = order[start:start + batch_size]
+      label_batch, vectors = self.label_vectors(labels, cache=cache_labels)
+      batch = featurize_lib.collate([features[i] for i in chunk], buckets, label_batch,
+                                    batch_size)
+      probs = self.predictor.predict_step(self.params, self.rest, batch, vectors)
+      yield chunk, batch, np.asarray(probs)
+
+  # -- prediction -------------------------------------------------------------
+
+  def scores(self, documents: Sequence, labels: Sequence[str], *,
+             batch_size: int | None = None, cache_labels: bool = True) -> list[np.ndarray]:
+    """Probabilities [E, E, K] per document (0 where a pair is not scored)."""
+    docs = inputs.to_documents(documents)
+    feats = self.featurize(docs)
+    out: list[np.ndarray | None] = [None] * len(docs)
+    for chunk, batch, probs in self._batches(feats, labels, batch_size or self.batch_size,
+                                             cache_labels, None):
+      for row, i in enumerate(chunk):
+        n = len(docs[i].entities)
+        out[i] = probs[row, :n, :n] * batch["pair_mask"][row, :n, :n, None]
+    return out
+
+  def predict(self, documents: Sequence, labels: Sequence[str], threshold: float = 0.5, *,
+              label_thresholds: Mapping[str, float] | None = None, top_k: int | None = None,
+              drop_self_pairs: bool = True,
+              constraints: decoding.Constraints | None = None,
+              batch_size: int | None = None, cache_labels: bool = True,
+              progress: Callable | None = None) -> list[list[dict]]:
+    """Relation triples per document: [{head, tail, label, score}], best first.
+
+    documents: Documents, DocRED / GLiDRE dicts, or {"text", "entities"} dicts
+    (see `glidre_jax.data.inputs`); head/tail index the document's entities.
+    label_thresholds: per-label overrides of `threshold`; top_k: at most k
+    labels per pair; constraints: {label: (head types, tail types)} (None:
+    any type) — pairs of other types never get that label.
+    """
+    decoder = decoding.make_decoder(labels, threshold, label_thresholds=label_thresholds,
+                                    top_k=top_k, drop_self_pairs=drop_self_pairs,
+                                    constraints=constraints)
+    docs = inputs.to_documents(documents)
+    feats = self.featurize(docs)
+    out: list[list[dict]] = [[] for _ in docs]
+    for chunk, batch, probs in self._batches(feats, decoder.labels,
+                                             batch_size or self.batch_size,
+                                             cache_labels, progress):
+      types = [[e.type for e in docs[i].entities] for i in chunk]
+      rows = decoder.triples(probs[:len(chunk)], batch["pair_mask"][:len(chunk)],
+                             decoder.type_ids(types, probs.shape[1]))
+      for i, triples in zip(chunk, rows):
+        out[i] = triples
+    return out

@@ -1,0 +1,137 @@
+"""Probabilities [B, E, E, K] -> relation triples, on the host (numpy).
+
+Everything that decides which (head, tail, label) is reported lives here:
+per-label thresholds, entity-type constraints, top-k labels per pair and the
+self-pair option. All of it is vectorised over the batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
+
+import numpy as np
+
+# {label: (allowed head types, allowed tail types)}; None: any type.
+Constraints = Mapping[str, tuple[Collection[str] | None, Collection[str] | None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+  """How scores become triples for one label set."""
+  labels: tuple[str, ...]
+  thresholds: np.ndarray  # float32 [K]: a triple needs score > thresholds[k]
+  top_k: int | None = None  # at most this many labels per (head, tail)
+  drop_self_pairs: bool = True
+  type_index: Mapping[str, int] | None = None  # entity type -> column of head_ok/tail_ok
+  head_ok: np.ndarray | None = None  # bool [K, T + 1]; the last column: any other type
+  tail_ok: np.ndarray | None = None
+
+  @property
+  def min_threshold(self) -> float:
+    return float(self.thresholds.min())
+
+  def type_ids(self, types: Sequence[Sequence[str]], num_entities: int) -> np.ndarray | None:
+    """int [B, E] type columns of each document's entities (padding: 'other')."""
+    if self.type_index is None:
+      return None
+    other = len(self.type_index)
+    out = np.full((len(types), num_entities), other, np.int64)
+    for b, doc_types in enumerate(types):  # per document, host side
+      out[b, :len(doc_types)] = [self.type_index.get(t, other) for t in doc_types]
+    return out
+
+  def keep(self, probs: np.ndarray, pair_mask: np.ndarray,
+           type_ids: np.ndarray | None = None) -> np.ndarray:
+    """bool [B, E, E, K]: the triples to report."""
+    e = probs.shape[1]
+    pairs = pair_mask.astype(bool)
+    if self.drop_self_pairs:
+      pairs = pairs & ~np.eye(e, dtype=bool)
+    keep = pairs[..., None] & (probs > self.thresholds)
+    if self.head_ok is not None and type_ids is not None:
+      heads = np.moveaxis(self.head_ok[:, type_ids], 0, -1)  # [B, E, K]
+      tails = np.moveaxis(self.tail_ok[:, type_ids], 0, -1)
+      keep &= heads[:, :, None, :] & tails[:, None, :, :]
+    if self.top_k is not None:
+      order = np.argsort(-np.where(keep, probs, -1.0), axis=-1, kind="stable")
+      rank = np.empty_like(order)
+      np.put_along_axis(rank, order, np.arange(probs.shape[-1]), axis=-1)
+      keep &= rank < self.top_k
+    return keep
+
+  def triples(self, probs: np.ndarray, pair_mask: np.ndarray,
+              type_ids: np.ndarray | None = None) -> list[list[dict]]:
+    """Per batch row, [{head, tail, label, score}] sorted by decreasing score."""
+    b, h, t, k = np.nonzero(self.keep(probs, pair_mask, type_ids))
+    score = probs[b, h, t, k]
+    order = np.lexsort((-score, b))
+    out = [[] for _ in range(probs.shape[0])]
+    for i in order:  # the reported triples only
+      out[b[i]].append({"head": int(h[i]), "tail": int(t[i]), "label": self.labels[k[i]],
+                        "score": round(float(score[i]), 6)})
+    return out
+
+
+def check_labels(labels) -> tuple[str, ...]:
+  """A non-empty sequence of distinct non-empty strings, as a tuple."""
+  if isinstance(labels, str) or not isinstance(labels, Sequence):
+    raise ValueError(f"labels must be a list of relation names, got {type(labels).__name__}")
+  labels = tuple(labels)
+  if not labels:
+    raise ValueError("empty label list: give at least one relation name")
+  seen = set()
+  for i, name in enumerate(labels):
+    if not isinstance(name, str) or not name.strip():
+      raise ValueError(f"label {i} ({name!r}) is not a non-empty string")
+    if name in seen:
+      raise ValueError(f"label {name!r} is listed twice")
+    seen.add(name)
+  return labels
+
+
+def make_decoder(labels: Sequence[str], threshold: float = 0.5, *,
+                 label_thresholds: Mapping[str, float] | None = None,
+                 top_k: int | None = None, drop_self_pairs: bool = True,
+                 constraints: Constraints | None = None) -> Decoder:
+  """A Decoder; names in `label_thresholds` / `constraints` must be labels."""
+  labels = check_labels(labels)
+  index = {name: k for k, name in enumerate(labels)}
+
+  def known(name, what):
+    if name not in index:
+      raise ValueError(f"{what} names {name!r}, which is not one of the {len(labels)} labels")
+    return index[name]
+
+  thresholds = np.full(len(labels), float(threshold), np.float32)
+  for name, value in (label_thresholds or {}).items():
+    thresholds[known(name, "label_thresholds")] = float(value)
+  if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+  if not constraints:
+    return Decoder(labels, thresholds, top_k, drop_self_pairs)
+
+  allowed = {}
+  for name, spec in constraints.items():
+    if not (isinstance(spec, (list, tuple)) and len(spec) == 2):
+      raise ValueError(f"constraints[{name!r}] must be (head types, tail types), got {spec!r}")
+    allowed[known(name, "constraints")] = [None if s is None else _type_set(s, name)
+                                           for s in spec]
+  types = sorted({t for spec in allowed.values() for s in spec if s for t in s})
+  type_index = {t: i for i, t in enumerate(types)}
+  # Unconstrained labels and None sides allow every type, 'other' included.
+  head_ok = np.ones((len(labels), len(types) + 1), bool)
+  tail_ok = np.ones_like(head_ok)
+  for k, (heads, tails) in allowed.items():
+    for table, side in ((head_ok, heads), (tail_ok, tails)):
+      if side is not None:
+        table[k] = False
+        table[k, [type_index[t] for t in side]] = True
+  return Decoder(labels, thresholds, top_k, drop_self_pairs, type_index, head_ok, tail_ok)
+
+
+def _type_set(side, name: str) -> frozenset[str]:
+  if isinstance(side, str):
+    side = [side]
+  if not all(isinstance(t, str) for t in side):
+    raise ValueError(f"constraints[{name!r}]: entity types must be strings, got {side!r}")
+  return frozenset(side)

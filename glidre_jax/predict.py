@@ -1,0 +1,135 @@
+"""Relation triples for new documents and your own relation labels.
+
+    python -m glidre_jax.predict --checkpoint runs/default --input docs.jsonl \
+        --labels labels.txt --output out.jsonl [--threshold 0.5]
+
+--input: JSON lines (one document per line) or a JSON list; each document is
+raw text with character-offset entities ({"text", "entities"}, see
+`glidre_jax.data.inputs`), a DocRED dict or a reference GLiDRE dict.
+--labels: one relation name per line (blank lines and '#' comments skipped).
+--checkpoint: a glidre_jax.train run directory or an official GLiDRE
+directory. Writes one JSON object per document and line:
+{"title", ["id",] "relations": [{"head", "tail", "label", "score"}, ...]}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+from glidre_jax.data import inputs
+
+
+def read_labels(path) -> list[str]:
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"label file {path} does not exist")
+  lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+  labels = [line for line in lines if line and not line.startswith("#")]
+  if not labels:
+    raise ValueError(f"label file {path}: no relation names (empty label list)")
+  return labels
+
+
+def read_records(path) -> list[dict]:
+  """A JSON list, or JSON lines, of document dicts."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"input file {path} does not exist")
+  text = path.read_text(encoding="utf-8")
+  if text.lstrip().startswith("["):
+    try:
+      records = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+                       ) from None
+  else:
+    records = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}: invalid JSON on line {line_no} column {e.colno}: {e.msg}"
+                           ) from None
+  if not records:
+    raise ValueError(f"{path}: no documents")
+  return records
+
+
+def _read_json_option(path, what: str):
+  if path is None:
+    return None
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{what} file {path} does not exist")
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{what} file {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def run(args) -> int:
+  from glidre_jax import decoding, run_setup
+  from glidre_jax.api import GLiDREPredictor
+
+  labels = list(decoding.check_labels(read_labels(args.labels)))
+  records = read_records(args.input)
+  docs = inputs.to_documents(records)  # every input error before the model loads
+  constraints = _read_json_option(args.constraints, "constraints")
+  label_thresholds = _read_json_option(args.label_thresholds, "label thresholds")
+  decoding.make_decoder(labels, args.threshold, label_thresholds=label_thresholds,
+                        top_k=args.top_k, constraints=constraints)  # validates the options
+  kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
+  model = GLiDREPredictor.from_pretrained(args.checkpoint, args.which,
+                                          text_encoder_dir=args.text_encoder_dir,
+                                          label_encoder_dir=args.label_encoder_dir, **kwargs)
+  results = model.predict(docs, labels, args.threshold, label_thresholds=label_thresholds,
+                          top_k=args.top_k, drop_self_pairs=not args.keep_self_pairs,
+                          constraints=constraints,
+                          progress=run_setup.progress_bar("predict"))
+  out = pathlib.Path(args.output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with open(out, "w", encoding="utf-8") as f:
+    for record, doc, triples in zip(records, docs, results):
+      line = {"title": doc.title}
+      if isinstance(record, dict) and "id" in record:
+        line["id"] = record["id"]
+      line["relations"] = triples
+      f.write(json.dumps(line, ensure_ascii=False) + "\n")
+  n = sum(len(t) for t in results)
+  print(f"wrote {n} relations for {len(docs)} documents to {out}")
+  return 0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--checkpoint", required=True,
+                      help="glidre_jax.train run directory, or official GLiDRE directory")
+  parser.add_argument("--which", choices=("best", "latest"), default="best")
+  parser.add_argument("--input", required=True, help="documents (.jsonl or JSON list)")
+  parser.add_argument("--labels", required=True, help="relation names, one per line")
+  parser.add_argument("--output", required=True, help="JSON lines, one per document")
+  parser.add_argument("--threshold", type=float, default=0.5)
+  parser.add_argument("--label_thresholds", default=None,
+                      help="JSON file {label: threshold} overriding --threshold")
+  parser.add_argument("--constraints", default=None,
+                      help="JSON file {label: [[head types], [tail types]]} (null: any type)")
+  parser.add_argument("--top_k", type=int, default=None, help="at most k labels per pair")
+  parser.add_argument("--keep_self_pairs", action="store_true",
+                      help="also report (e, e) pairs")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="documents per batch (default: the run's eval_batch_size)")
+  parser.add_argument("--text_encoder_dir", default=None, help="official checkpoints only")
+  parser.add_argument("--label_encoder_dir", default=None, help="official checkpoints only")
+  args = parser.parse_args(argv)
+  try:
+    return run(args)
+  except (ValueError, FileNotFoundError, ImportError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

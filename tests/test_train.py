@@ -1,0 +1,97 @@
+"""Training: one compilation per bucket shape, exact resume, end-to-end CLIs."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import default
+from glidre_jax import train as train_lib
+from glidre_jax.data import pipeline
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def small_config(tmp_path, steps=4):
+  """A run that takes seconds per step: short documents, one small bucket."""
+  c = default.get_config("tiny")
+  c.workdir = str(tmp_path / "run")
+  c.data.tfds_dir = str(tmp_path / "tfds")
+  c.data.train_split = "dev[:6]"
+  c.data.eval_split = "dev[400:402]"
+  c.data.max_length = 128
+  c.data.seq_buckets, c.data.word_buckets, c.data.entity_buckets = (128,), (128,), (48,)
+  c.data.batch_size = 2
+  c.data.eval_batch_size = 2
+  c.train.steps = steps
+  c.train.log_every = 1
+  c.train.eval_every = 100  # only at the last step
+  c.train.checkpoint_every = 2
+  return c
+
+
+def test_train_step_compiles_once_per_bucket_shape(tmp_path):
+  import pathlib
+  summary = train_lib.train(small_config(tmp_path), pathlib.Path(tmp_path / "run"))
+  assert summary["train_step_compilations"] == 1  # 4 steps, one bucket shape
+  assert summary["predict_compilations"] == 1
+  assert len(summary["logged_losses"]) == 4
+  assert all(np.isfinite(loss) for _, loss in summary["logged_losses"])
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, monkeypatch):
+  import pathlib
+  full = train_lib.train(small_config(tmp_path / "a", steps=5), pathlib.Path(tmp_path / "a"))
+
+  calls = {"n": 0}
+  real_to_device = pipeline.to_device
+
+  def dying_to_device(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 4:  # after the checkpoint at step 2 and one more step
+      raise KeyboardInterrupt("killed")
+    return real_to_device(*args, **kwargs)
+
+  cfg_b = small_config(tmp_path / "b", steps=5)
+  monkeypatch.setattr(pipeline, "to_device", dying_to_device)
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train(cfg_b, pathlib.Path(tmp_path / "b"))
+  monkeypatch.setattr(pipeline, "to_device", real_to_device)
+  resumed = train_lib.train(cfg_b, pathlib.Path(tmp_path / "b"))
+
+  full_losses = dict(full["logged_losses"])
+  resumed_losses = dict(resumed["logged_losses"])
+  assert sorted(resumed_losses) == [3, 4, 5]  # continued from the step-2 checkpoint
+  for step, loss in resumed_losses.items():
+    np.testing.assert_allclose(loss, full_losses[step], rtol=1e-6, err_msg=f"step {step}")
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_clis(tmp_path):
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "glidre_jax.train", "--config=configs/default.py:tiny",
+         f"--workdir={workdir}", "--config.train.steps=2", "--config.train.eval_every=2",
+         "--config.data.max_length=128", "--config.data.seq_buckets=(128,)",
+         "--config.data.word_buckets=(128,)", "--config.data.train_split=dev[:4]",
+         "--config.data.eval_split=dev[400:402]", f"--config.data.tfds_dir={tmp_path / 'tfds'}"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "best dev" in out.stdout and "Ign F1" in out.stdout
+  preds = tmp_path / "preds.json"
+  out = subprocess.run([sys.executable, "-m", "glidre_jax.evaluate", f"--workdir={workdir}",
+                        f"--output={preds}", "--threshold=0.05"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "dev[400:402] (2 documents)" in out.stdout
+  records = json.loads(preds.read_text())
+  assert records and set(records[0]) >= {"title", "h_idx", "t_idx", "r"}
+
+
+def test_config_typo_is_a_clear_error(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "glidre_jax.train", "--config=configs/default.py",
+                        "--config.train.stpes=3"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode != 0
+  assert "stpes" in out.stderr
