@@ -24,7 +24,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=384, dropout=0.4, pooling="mean", lop=True,
-      adaptive_threshold=False, label_max_length=16))
+      adaptive_threshold=False, label_max_length=16,
+      pair_chunk_size=0))  # >0: score pairs in blocks (memory bounded in E)
 
   c.data = ml_collections.ConfigDict(dict(
       dataset="redocred",  # "redocred" | "cdr" | "glidre" (open-label JSON)

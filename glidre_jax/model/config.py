@@ -14,11 +14,16 @@ class GLiDREConfig:
   lop: bool = True  # localized context pooling (ATLOP-style)
   adaptive_threshold: bool = False  # extra threshold logit per pair (spec §1.11)
   label_max_length: int = 16  # subwords per label name
+  # Pairs scored per block (0: all E² at once). Bounds peak memory for
+  # entity-dense documents; training rematerialises each block.
+  pair_chunk_size: int = 0
 
   def __post_init__(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
     if self.hidden_size <= 0:
       raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+    if self.pair_chunk_size < 0:
+      raise ValueError(f"pair_chunk_size must be >= 0, got {self.pair_chunk_size}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

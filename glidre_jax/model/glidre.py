@@ -13,9 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from glidre_jax import encoders
+from glidre_jax import encoders, sharding
+from glidre_jax.encoders import common
 from glidre_jax.model.config import GLiDREConfig
 from glidre_jax.model.layers import FFN, masked_mean
+from glidre_jax.model.windows import merge_windows
 
 _EPS_POOL = 1e-7  # as the reference: sum / (number of mention words + eps)
 _EPS_LOP = 1e-5  # ATLOP's normaliser of the localized attention
@@ -64,13 +66,6 @@ def pool_entities(words: jax.Array, word_att: jax.Array, weights: jax.Array,
   return entities, entity_att
 
 
-def localized_context(entity_att: jax.Array, words: jax.Array) -> jax.Array:
-  """ATLOP LOP: c_{h,t} = Σ_w α_w H_w, α ∝ A_h ⊙ A_t. One matmul, [B, E, E, D]."""
-  alpha = entity_att[:, :, None, :] * entity_att[:, None, :, :]
-  alpha = alpha / (alpha.sum(-1, keepdims=True) + _EPS_LOP)
-  return jnp.einsum("bhtw,bwd->bhtd", alpha, words.astype(jnp.float32))
-
-
 class EncoderSlot(nnx.Module):
   """Holds an encoder under `.model`, as the reference's wrappers do."""
 
@@ -93,10 +88,22 @@ class TokenRepLayer(nnx.Module):
     self.labels_projection = (nnx.Linear(d_label, d, dtype=dtype, rngs=rngs)
                               if d_label != d else None)
 
-  def encode_text(self, input_ids, attention_mask, word_index, word_mask):
-    out = self.bert_layer.model(input_ids, attention_mask)
-    words, word_att = gather_words(out.last_hidden_state, out.attentions,
-                                   word_index, word_mask)
+  def encode_text(self, input_ids, attention_mask, word_index, word_mask,
+                  window_word_mask=None):
+    """Word vectors and word attention; input_ids [B, N, L] (with
+    window_word_mask [B, N, W]) are overlapping windows of long documents."""
+    if input_ids.ndim == 3:
+      b, n, length = input_ids.shape
+      out = self.bert_layer.model(input_ids.reshape(b * n, length),
+                                  attention_mask.reshape(b * n, length))
+      held = window_word_mask.reshape(b * n, -1)
+      words, word_att = gather_words(out.last_hidden_state, out.attentions,
+                                     word_index.reshape(b * n, -1), held)
+      words, word_att = merge_windows(words, word_att, window_word_mask, word_mask)
+    else:
+      out = self.bert_layer.model(input_ids, attention_mask)
+      words, word_att = gather_words(out.last_hidden_state, out.attentions,
+                                     word_index, word_mask)
     if self.projection is not None:
       words = self.projection(words)
     return words, word_att
@@ -109,6 +116,14 @@ class TokenRepLayer(nnx.Module):
 
   def project_labels(self, pooled):
     return pooled if self.labels_projection is None else self.labels_projection(pooled)
+
+
+@dataclasses.dataclass
+class EntityContext:
+  """Per-document tensors every pair is built from: O(E·D + E·W + W·D)."""
+  words: jax.Array  # [B, W, D]
+  entities: jax.Array  # [B, E, D]
+  entity_att: jax.Array  # [B, E, W]
 
 
 class RelRep(nnx.Module):
@@ -124,22 +139,38 @@ class RelRep(nnx.Module):
       self.head_extractor = self.tail_extractor = None
     self.projection = FFN(2 * d, d, cfg.dropout, dtype=dtype, rngs=rngs)
 
-  def __call__(self, words, word_att, entity_word_weights):
+  def entity_context(self, words, word_att, entity_word_weights) -> EntityContext:
     entities, entity_att = pool_entities(words, word_att, entity_word_weights,
                                          self.pooling)
-    heads = entities[:, :, None, :]  # [B, E, 1, D]: broadcast over tails
-    tails = entities[:, None, :, :]  # [B, 1, E, D]: broadcast over heads
+    return EntityContext(words.astype(jnp.float32), entities, entity_att)
+
+  def __call__(self, ctx: EntityContext, heads: jax.Array, tails: jax.Array,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Relation vectors [B, C, D] of the C pairs (heads[c], tails[c])."""
+    keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
+    take = lambda x, idx: jnp.take(x, idx, axis=1)
     if self.head_extractor is None:
-      return self.projection.call_on_concat(heads, jnp.broadcast_to(
-          tails, heads.shape[:2] + tails.shape[2:]))
-    context = localized_context(entity_att, words)  # [B, E, E, D]
-    head = jnp.tanh(self.head_extractor.call_on_concat(heads, context))
-    tail = jnp.tanh(self.tail_extractor.call_on_concat(tails, context))
-    return self.projection(jnp.concatenate([head, tail], axis=-1))
+      head_part = self.projection.left_part(ctx.entities)  # [B, E, 4D], once per entity
+      tail_vecs = take(ctx.entities, tails)
+      return self.projection.call_with_left_part(take(head_part, heads), tail_vecs, keys[0])
+    alpha = take(ctx.entity_att, heads) * take(ctx.entity_att, tails)  # [B, C, W]
+    alpha = alpha / (alpha.sum(-1, keepdims=True) + _EPS_LOP)
+    context = jnp.einsum("bcw,bwd->bcd", alpha, ctx.words)  # LOP: one matmul
+    context = sharding.constrain(context, "batch", "pairs", "embed")
+    head = jnp.tanh(self.head_extractor.call_with_left_part(
+        take(self.head_extractor.left_part(ctx.entities), heads), context, keys[0]))
+    tail = jnp.tanh(self.tail_extractor.call_with_left_part(
+        take(self.tail_extractor.left_part(ctx.entities), tails), context, keys[1]))
+    return self.projection(jnp.concatenate([head, tail], axis=-1), keys[2])
 
 
 class GLiDRE(nnx.Module):
-  """Scores every (head, label, tail) of a padded batch of documents."""
+  """Scores every (head, label, tail) of a padded batch of documents.
+
+  Pairs are scored in blocks of `config.pair_chunk_size` (0: all E² at once);
+  in training each block is rematerialised, so peak memory follows the block,
+  not E².
+  """
 
   def __init__(self, cfg: GLiDREConfig, text_encoder: nnx.Module,
                label_encoder: nnx.Module, *, dtype=jnp.float32,
@@ -153,6 +184,9 @@ class GLiDRE(nnx.Module):
     self.prompt_rep_layer = FFN(d, d, cfg.dropout, dtype=dtype, rngs=rngs)
     self.threshold_head = (FFN(2 * d, 1, cfg.dropout, dtype=dtype, rngs=rngs)
                            if cfg.adaptive_threshold else None)
+    # Dropout keys of the pair blocks come from here, drawn once per call, so
+    # blocks inside lax.map never touch (mutate) an rng stream.
+    self.pair_dropout = common.Dropout(cfg.dropout, rngs=rngs)
 
   def encode_labels(self, label_input_ids, label_attention_mask,
                     freeze_encoder: bool = False) -> jax.Array:
@@ -167,32 +201,68 @@ class GLiDRE(nnx.Module):
     labels = self.token_rep_layer.project_labels(pooled)
     return self.prompt_rep_layer(labels).astype(jnp.float32)
 
-  def relation_reps(self, input_ids, attention_mask, word_index, word_mask,
-                    entity_word_weights) -> jax.Array:
-    """Relation vectors r_{h,t} [B, E, E, D]."""
+  def entity_context(self, batch: dict) -> EntityContext:
     words, word_att = self.token_rep_layer.encode_text(
-        input_ids, attention_mask, word_index, word_mask)
-    return self.span_rep_layer(words, word_att, entity_word_weights).astype(jnp.float32)
+        batch["input_ids"], batch["attention_mask"], batch["word_index"], batch["word_mask"],
+        batch.get("window_word_mask"))
+    return self.span_rep_layer.entity_context(words, word_att, batch["entity_word_weights"])
 
-  def score(self, relations: jax.Array, labels: jax.Array) -> GLiDREOutput:
-    logits = jnp.einsum("bhtd,kd->bhtk", relations, labels)
+  def score_pairs(self, ctx: EntityContext, pair_ids: jax.Array, labels: jax.Array,
+                  dropout_key: jax.Array | None = None) -> GLiDREOutput:
+    """Outputs for the pairs `pair_ids` (h·E + t) [C]: logits [B, C, K]."""
+    num_entities = ctx.entities.shape[1]
+    rel_key, th_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    relations = self.span_rep_layer(ctx, pair_ids // num_entities, pair_ids % num_entities,
+                                    rel_key).astype(jnp.float32)
+    relations = sharding.constrain(relations, "batch", "pairs", "embed")
+    logits = sharding.constrain(jnp.einsum("bcd,kd->bck", relations, labels),
+                                "batch", "pairs", "labels")
     threshold = None
     if self.threshold_head is not None:
-      label_mean = jnp.broadcast_to(labels.mean(0), relations.shape)
-      threshold = self.threshold_head.call_on_concat(label_mean, relations)[..., 0]
+      label_part = self.threshold_head.left_part(labels.mean(0))  # same for every pair
+      threshold = self.threshold_head.call_with_left_part(
+          jnp.broadcast_to(label_part, relations.shape[:2] + label_part.shape), relations,
+          th_key)[..., 0]
     return GLiDREOutput(logits=logits, threshold_logits=threshold)
 
   def __call__(self, batch: dict, label_vectors: jax.Array | None = None
                ) -> GLiDREOutput:
     """`batch` holds the fields of `glidre_jax.data.batch`; `label_vectors`
-    ([K, D], from `encode_labels`) skips the label encoder when given."""
+    ([K, D], from `encode_labels`) skips the label encoder when given.
+    Returns logits [B, E, E, K] (and threshold logits [B, E, E])."""
     if label_vectors is None:
       label_vectors = self.encode_labels(batch["label_input_ids"],
                                          batch["label_attention_mask"])
-    relations = self.relation_reps(batch["input_ids"], batch["attention_mask"],
-                                   batch["word_index"], batch["word_mask"],
-                                   batch["entity_word_weights"])
-    return self.score(relations, label_vectors)
+    ctx = self.entity_context(batch)
+    b, e = ctx.entities.shape[:2]
+    num_pairs = e * e
+    key = None
+    if not self.pair_dropout.deterministic and self.pair_dropout.rate > 0:
+      key = self.pair_dropout.rngs()
+    chunk = self.config.pair_chunk_size
+    if not chunk or chunk >= num_pairs:
+      out = self.score_pairs(ctx, jnp.arange(num_pairs), label_vectors, key)
+    else:
+      num_blocks = -(-num_pairs // chunk)
+      # Padded ids repeat the last pair; their outputs are cut off below.
+      ids = jnp.minimum(jnp.arange(num_blocks * chunk), num_pairs - 1).reshape(num_blocks, chunk)
+      keys = (jnp.zeros((num_blocks,), jnp.uint32) if key is None
+              else jax.random.split(key, num_blocks))
+
+      @jax.checkpoint  # recompute each block in the backward pass
+      def block(args):
+        block_ids, block_key = args
+        return self.score_pairs(ctx, block_ids, label_vectors,
+                                None if key is None else block_key)
+
+      blocks = jax.lax.map(block, (ids, keys))
+      join = lambda x: jnp.moveaxis(x, 0, 1).reshape((b, num_blocks * chunk) + x.shape[3:])[
+          :, :num_pairs]
+      out = jax.tree.map(join, blocks)
+    logits = out.logits.reshape(b, e, e, -1)
+    threshold = (None if out.threshold_logits is None
+                 else out.threshold_logits.reshape(b, e, e))
+    return GLiDREOutput(logits=logits, threshold_logits=threshold)
 
 
 def build_glidre(cfg: GLiDREConfig, text_encoder_config, label_encoder_config, *,

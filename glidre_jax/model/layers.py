@@ -20,21 +20,30 @@ class FFN(nnx.Module):
     self.dropout = common.Dropout(dropout, rngs=rngs)
     self.dense_out = nnx.Linear(4 * d_out, d_out, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.dense_out(self.dropout(jax.nn.relu(self.dense_in(x))))
+  def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    return self._tail(self.dense_in(x), dropout_key)
 
-  def call_on_concat(self, left: jax.Array, right: jax.Array) -> jax.Array:
-    """self(concat([left, right], -1)) without materialising the concat.
+  def _tail(self, hidden, dropout_key):
+    return self.dense_out(self.dropout(jax.nn.relu(hidden), rngs=dropout_key))
 
-    `left` may be broadcastable (e.g. one vector per entity against one per
-    pair): its share of the first matmul is then done once, not E times.
+  def left_part(self, left: jax.Array) -> jax.Array:
+    """`left`'s share of the first matmul when the input is concat([left, right]).
+
+    Computed once per entity, it is then gathered per pair (E, not E², matmuls).
     """
-    kernel = self.dense_in.kernel[...].astype(self.dense_in.dtype or left.dtype)
-    split = left.shape[-1]
-    hidden = (left.astype(kernel.dtype) @ kernel[:split]
-              + right.astype(kernel.dtype) @ kernel[split:]
-              + self.dense_in.bias[...].astype(kernel.dtype))
-    return self.dense_out(self.dropout(jax.nn.relu(hidden)))
+    kernel = self.dense_in.kernel[...]
+    dtype = self.dense_in.dtype or left.dtype
+    return left.astype(dtype) @ kernel[:left.shape[-1]].astype(dtype)
+
+  def call_with_left_part(self, left_part: jax.Array, right: jax.Array,
+                          dropout_key: jax.Array | None = None) -> jax.Array:
+    """self(concat([left, right], -1)) given `left_part(left)`."""
+    kernel = self.dense_in.kernel[...]
+    dtype = left_part.dtype
+    split = kernel.shape[0] - right.shape[-1]
+    hidden = (left_part + right.astype(dtype) @ kernel[split:].astype(dtype)
+              + self.dense_in.bias[...].astype(dtype))
+    return self._tail(hidden, dropout_key)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
