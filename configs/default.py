@@ -8,6 +8,7 @@ Variants: `--config=configs/default.py:tiny` is a minutes-long smoke run
 (used by the end-to-end test).
 """
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -20,6 +21,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.compute_dtype = "float32"  # or "bfloat16" (params stay fp32)
   # None keeps the checkpoint's attention-probability dropout; 0.0 skips it
   # (on a CPU its random masks cost ~20% of the encoder's time).
+  c.encoder_attention_dropout = config_dict.placeholder(float)
   c.encoder_attention_dropout = 0.0
 
   c.model = ml_collections.ConfigDict(dict(
@@ -31,9 +33,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       dataset="redocred",  # "redocred" | "cdr" | "glidre" (open-label JSON)
       # None: the Re-DocRED dev split shipped in glidre_jax/assets. A directory
       # with {train,dev,test}_revised.json (or CDR's {train,dev}.json) otherwise.
-      data_dir=None,
-      rel_info=None,  # None: the shipped DocRED relation names
-      tfds_dir=None,  # where TFDS prepares array_record files (None: ~/tensorflow_datasets)
+      data_dir=config_dict.placeholder(str),
+      rel_info=config_dict.placeholder(str),  # None: the shipped relation names
+      tfds_dir=config_dict.placeholder(str),  # where TFDS prepares array_record files (None: ~/tensorflow_datasets)
       train_split="dev[:400]",
       eval_split="dev[400:]",
       subset_size=0,  # >0: N training documents drawn with subset_seed
@@ -66,7 +68,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       eval_every=100,
       checkpoint_every=100,
       resume=True,
+      stop_after_step=0,  # >0: checkpoint and stop there (time-sliced jobs); rerun resumes
   ))
+
+  # Device mesh: documents split over 'data', entity pairs over 'model'
+  # (-1: all devices the other axis leaves).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
 
   c.eval = ml_collections.ConfigDict(dict(
       threshold=0.5,

@@ -9,11 +9,12 @@
 
 Documents are featurized as in training and padded to the run's shape
 buckets, so one compiled step serves every batch of a bucket. Label vectors
-are computed once per label set and cached.
+are computed once per label set and cached. Documents longer than the run's
+max_length are truncated, or encoded in overlapping windows when `stride` is
+given (`glidre_jax.data.windows`).
 """
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import tempfile
 import warnings
@@ -24,7 +25,7 @@ from flax import nnx
 
 from glidre_jax import decoding, run_setup, trainer
 from glidre_jax.data import featurize as featurize_lib
-from glidre_jax.data import inputs
+from glidre_jax.data import inputs, windows
 from glidre_jax.data.documents import Document
 
 OFFICIAL_CONFIG = "glidre_config.json"  # marks an official PyTorch GLiDRE directory
@@ -34,7 +35,8 @@ class GLiDREPredictor:
   """A trained GLiDRE with its tokenizers, ready for `predict`."""
 
   def __init__(self, config, graphdef, params, rest, tokenizer, label_tokenizer, *,
-               buckets: featurize_lib.Buckets | None = None, batch_size: int | None = None):
+               buckets: featurize_lib.Buckets | None = None, batch_size: int | None = None,
+               stride: int | None = None):
     self.config = config
     self.predictor = trainer.Predictor(graphdef)
     self.params, self.rest = params, rest
@@ -44,6 +46,9 @@ class GLiDREPredictor:
     self.buckets = buckets or featurize_lib.Buckets(
         tuple(d.seq_buckets), tuple(d.word_buckets), tuple(d.entity_buckets))
     self.batch_size = int(batch_size or d.eval_batch_size)
+    # None: documents longer than max_length subwords are truncated; an int:
+    # they are encoded in windows of max_length starting every `stride` subwords.
+    self.stride = stride
     self._label_cache: dict[tuple[str, ...], tuple[dict, object]] = {}
     self.label_encoder_calls = 0  # label-encoder runs (cache misses)
 
@@ -64,7 +69,7 @@ class GLiDREPredictor:
                       label_encoder_dir=None, import_to=None, **kwargs) -> GLiDREPredictor:
     """A glidre-jax run directory ('best' or 'latest' weights), or an official
     PyTorch GLiDRE directory (imported on the fly; kept as a run directory in
-    `import_to` when given). kwargs: buckets, batch_size."""
+    `import_to` when given). kwargs: buckets, batch_size, stride."""
     path = pathlib.Path(path).expanduser()
     if (path / OFFICIAL_CONFIG).exists():
       return cls._from_official(path, text_encoder_dir, label_encoder_dir, import_to, **kwargs)
@@ -119,39 +124,42 @@ class GLiDREPredictor:
   # -- documents --------------------------------------------------------------
 
   def featurize(self, docs: Sequence[Document]) -> list[dict]:
-    """Unpadded features (no gold labels); warns about entities lost to truncation."""
+    """Unpadded features (no gold labels), windowed for long documents when
+    `stride` is set; warns about entities lost to truncation otherwise."""
     feats = [featurize_lib.featurize(doc, self.tokenizer, {}, self.max_length) for doc in docs]
+    if self.stride:
+      feats = [windows.featurize_windows(doc, self.tokenizer, self.max_length, self.stride)
+               if f["dropped_words"] else f for doc, f in zip(docs, feats)]
     lost = [(f["title"], f["dropped_entities"]) for f in feats if f["dropped_entities"]]
     if lost:
-      warnings.warn(f"{sum(n for _, n in lost)} entities in {len(lost)} documents (first: "
+      warnings.warn(f"{sum(n for _, n in lost)} entities in {len(lost)} document(s) (first: "
                     f"{lost[0][0]!r}) lie beyond max_length={self.max_length} subwords and get "
                     "no predictions", stacklevel=3)
     return feats
 
-  def _buckets_for(self, features: Sequence[dict]) -> featurize_lib.Buckets:
-    """The run's buckets, with a larger entity bucket when a document needs one."""
-    need = max(featurize_lib.feature_shape(f)[2] for f in features)
-    size = self.buckets.entities[-1]
-    if need <= size:
-      return self.buckets
-    while size < need:
-      size *= 2
-    return dataclasses.replace(self.buckets, entities=self.buckets.entities + (size,))
 
   def _batches(self, features: Sequence[dict], labels: Sequence[str], batch_size: int,
                cache_labels: bool, progress: Callable | None
                ) -> Iterator[tuple[list[int], dict, np.ndarray]]:
     """(document indices, padded batch, probabilities [B, E, E, K]) per batch,
-    documents grouped by size (few bucket shapes, little padding)."""
-    buckets = self._buckets_for(features)
-    order = sorted(range(len(features)),
-                   key=lambda i: featurize_lib.feature_shape(features[i]))
-    steps = range(0, len(order), batch_size)
-    for start in (progress(steps) if progress else steps):
-      chunk = order[start:start + batch_size]
+    documents grouped by size (few bucket shapes, little padding); windowed
+    documents batch apart from the others."""
+    windowed = [i for i, f in enumerate(features) if windows.is_windowed(f)]
+    single = [i for i, f in enumerate(features) if not windows.is_windowed(f)]
+    chunks = []
+    if single:  # the run's buckets; a larger entity bucket when a document needs one
+      buckets = self.buckets.grown(
+          entities=max(featurize_lib.feature_shape(features[i])[2] for i in single))
+      collate = lambda docs, label_batch: featurize_lib.collate(
+          docs, buckets, label_batch, batch_size)
+      chunks += _chunks(single, featurize_lib.feature_shape, features, batch_size, collate)
+    if windowed:
+      collate = lambda docs, label_batch: windows.collate_windows(
+          docs, self.buckets, label_batch, batch_size, self.max_length)
+      chunks += _chunks(windowed, windows.window_shape, features, batch_size, collate)
+    for chunk, collate in (progress(chunks) if progress else chunks):
       label_batch, vectors = self.label_vectors(labels, cache=cache_labels)
-      batch = featurize_lib.collate([features[i] for i in chunk], buckets, label_batch,
-                                    batch_size)
+      batch = collate([features[i] for i in chunk], label_batch)
       probs = self.predictor.predict_step(self.params, self.rest, batch, vectors)
       yield chunk, batch, np.asarray(probs)
 
@@ -199,3 +207,9 @@ class GLiDREPredictor:
       for i, triples in zip(chunk, rows):
         out[i] = triples
     return out
+
+
+def _chunks(indices: list[int], shape, features, batch_size: int, collate) -> list:
+  """Batches of `indices` sorted by feature shape, each with its collate function."""
+  order = sorted(indices, key=lambda i: shape(features[i]))
+  return [(order[s:s + batch_size], collate) for s in range(0, len(order), batch_size)]

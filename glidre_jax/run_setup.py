@@ -155,8 +155,13 @@ def data_setup(config) -> DataSetup:
       raise ValueError("data.dataset='cdr' needs data.data_dir (a directory with "
                        "train.json / dev.json in DocRED format)")
     local_dir = d.data_dir
-  builder = tfds_builders.prepare(DATASETS[d.dataset], data_dir=d.get("tfds_dir"),
-                                  local_dir=local_dir)
+  # Process 0 prepares the array_record files; the others then open them.
+  from glidre_jax import distributed
+  prepare = lambda: tfds_builders.prepare(DATASETS[d.dataset], data_dir=d.get("tfds_dir"),
+                                         local_dir=local_dir)
+  builder = prepare() if jax.process_index() == 0 else None
+  distributed.barrier("tfds_prepared")
+  builder = builder or prepare()
   text_tok, label_tok = load_tokenizers(config)
   return DataSetup(config, schema, text_tok, label_tok, builder,
                    tfds_builders.record_decoder(d.dataset, schema))

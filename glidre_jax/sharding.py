@@ -59,3 +59,22 @@ def constrain(x: jax.Array, *logical: str | None) -> jax.Array:
   if mesh.empty or mesh.size == 1:
     return x
   return jax.lax.with_sharding_constraint(x, spec(*logical))
+
+
+def replicate(tree, mesh: Mesh):
+  """Host values (the same on every process) -> arrays replicated over `mesh`.
+
+  Works across processes, where `jax.device_put` cannot reach other hosts'
+  devices. Typed PRNG keys travel as their raw data.
+  """
+  replicated = named(mesh)
+
+  def put(x):
+    if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+      data = np.asarray(jax.random.key_data(x))
+      return jax.random.wrap_key_data(
+          jax.make_array_from_process_local_data(replicated, data, data.shape),
+          impl=jax.random.key_impl(x))
+    value = np.asarray(x)
+    return jax.make_array_from_process_local_data(replicated, value, value.shape)
+  return jax.tree.map(put, tree)

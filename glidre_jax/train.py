@@ -9,6 +9,7 @@ killed run resumes exactly) and the best-on-dev parameters under `workdir`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import resource
@@ -20,7 +21,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from glidre_jax import checkpointing, evaluate, run_setup, trainer as trainer_lib
+from glidre_jax import (checkpointing, distributed, evaluate, run_setup, sharding,
+                        trainer as trainer_lib)
+from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import pipeline
 
 log = logging.getLogger("glidre_jax.train")
@@ -28,6 +31,14 @@ log = logging.getLogger("glidre_jax.train")
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py",
                                           "ml_collections config file (file.py[:variant])")
 _WORKDIR = flags.DEFINE_string("workdir", None, "overrides config.workdir")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "compile the train step for the largest "
+                             "bucket, print its memory analysis and exit")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-process runs)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the run")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+_DISTRIBUTED_AUTO = flags.DEFINE_bool("distributed_auto", False,
+                                      "let JAX find the cluster (Cloud TPU pods, SLURM)")
 
 
 def peak_rss_mb() -> float:
@@ -78,7 +89,8 @@ def train(config, workdir: pathlib.Path) -> dict:
   iterator = pipeline.make_iterator(dataset)
 
   model = run_setup.build_model(config)
-  trainer = trainer_lib.Trainer(model, tc)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+  trainer = trainer_lib.Trainer(model, tc, mesh)
   del model
   state = trainer.initial_state
   checkpoints = checkpointing.RunCheckpoints(workdir, tc.checkpoint_every)
@@ -90,16 +102,16 @@ def train(config, workdir: pathlib.Path) -> dict:
       log.info("resumed from step %d", start_step)
   best = checkpoints.best_scores() or {"best_f1": -1.0}
   evaluator = Evaluator(trainer.predictor, data, eval_docs, train_docs)
-  sharding = trainer_lib.batch_sharding()
   writer = _summary_writer(workdir) if is_main else None
   losses_logged = []
 
-  bar = run_setup.progress_bar("train")(total=tc.steps, initial=start_step)
+  bar = run_setup.progress_bar("train")(total=tc.steps, initial=start_step,
+                                        disable=not is_main)
   t_steps, steps_timed = time.time(), 0
   try:
     for step in range(start_step + 1, tc.steps + 1):
       batch = next(iterator)
-      state = trainer.train_step(state, pipeline.to_device(batch, sharding))
+      state = trainer.train_step(state, trainer.place(batch))
       steps_timed += 1
       bar.update(1)
       if step % tc.log_every == 0 or step == tc.steps:
@@ -121,8 +133,12 @@ def train(config, workdir: pathlib.Path) -> dict:
         if scores["best_f1"] > best["best_f1"]:
           best = {**scores, "step": step}
           checkpoints.save_best(step, state.params, best)
-      if step % tc.checkpoint_every == 0 or step == tc.steps:
-        checkpoints.save_latest(step, state, iterator, force=step == tc.steps)
+      stopping = step == tc.get("stop_after_step", 0)
+      if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
+        checkpoints.save_latest(step, state, iterator, force=step == tc.steps or stopping)
+      if stopping:
+        bar.write(f"stopping after step {step} (train.stop_after_step); run again to resume")
+        break
   finally:
     # Saves are asynchronous: let the last one land even if the loop failed.
     bar.close()
@@ -139,7 +155,50 @@ def train(config, workdir: pathlib.Path) -> dict:
       "wall_seconds": round(time.time() - t_start, 1),
       "logged_losses": losses_logged,
   }
+  if is_main:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
   return summary
+
+
+def abstract_batch(config, num_labels: int) -> dict:
+  """Shapes of a global batch in the largest bucket (for AOT compilation)."""
+  d = config.data
+  b = d.batch_size * jax.process_count()
+  l, w, e = max(d.seq_buckets), max(d.word_buckets), max(d.entity_buckets)
+  k, t = num_labels, config.model.label_max_length
+  shapes = {"input_ids": (b, l), "attention_mask": (b, l), "word_index": (b, w),
+            "word_mask": (b, w), "entity_word_weights": (b, e, w), "entity_mask": (b, e),
+            "pair_mask": (b, e, e), "labels": (b, e, e, k), "doc_mask": (b,),
+            "label_input_ids": (k, t), "label_attention_mask": (k, t), "label_mask": (k,)}
+  return {name: jax.ShapeDtypeStruct(shape, np.float32 if name == "entity_word_weights"
+                                     else np.int32) for name, shape in shapes.items()}
+
+
+def memory_report(config) -> str:
+  """Compiles the train step for the largest bucket and reports its memory."""
+  schema = run_setup.load_schema(config)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+  trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train, mesh)
+  batch = abstract_batch(config, schema.num_labels)
+  placed = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=(
+      trainer.batch_sharding if len(v.shape) and k in batch_lib.DOC_FIELDS
+      else sharding.named(mesh))) for k, v in batch.items()}
+  t0 = time.time()
+  compiled = trainer.lower(trainer.initial_state, placed).compile()
+  mem = compiled.memory_analysis()
+  gib = lambda n: f"{n / 2**30:.2f} GiB"
+  shape = {k: v.shape for k, v in batch.items() if k in ("input_ids", "labels")}
+  lines = [f"train step, largest bucket {shape}, mesh {dict(mesh.shape)}, "
+           f"compiled in {time.time() - t0:.1f} s; per device:"]
+  if mem is None:
+    lines.append("  (this backend reports no memory analysis)")
+  else:
+    for field in ("argument_size_in_bytes", "output_size_in_bytes",
+                  "temp_size_in_bytes", "generated_code_size_in_bytes"):
+      lines.append(f"  {field.replace('_in_bytes', '')}: {gib(getattr(mem, field, 0))}")
+    lines.append("  peak estimate (arguments + temporaries): "
+                 + gib(mem.argument_size_in_bytes + mem.temp_size_in_bytes))
+  return "\n".join(lines)
 
 
 def _summary_writer(workdir: pathlib.Path):
@@ -154,8 +213,13 @@ def main(argv):
                       format="%(asctime)s %(name)s: %(message)s")
   for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         auto=_DISTRIBUTED_AUTO.value)
   config = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value or config.workdir)
+  if _DRY_RUN.value:
+    print(memory_report(config))
+    return
   summary = train(config, workdir)
   best = summary["best_dev"]
   print(f"\ndone: {summary['steps']} steps in {summary['wall_seconds']} s; best dev "

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from glidre_jax import losses
+from glidre_jax import losses, sharding
 
 TEXT_ENCODER, LABEL_ENCODER = "bert_layer", "labels_encoder"  # lr_encoder below these
 
@@ -61,19 +61,6 @@ jax.tree_util.register_dataclass(
     meta_fields=[])
 
 
-def data_mesh() -> jax.sharding.Mesh:
-  return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def batch_sharding() -> jax.sharding.NamedSharding:
-  """Documents split over every device of a 1-D 'data' mesh."""
-  return jax.sharding.NamedSharding(data_mesh(), jax.sharding.PartitionSpec("data"))
-
-
-def replicated_sharding() -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(data_mesh(), jax.sharding.PartitionSpec())
-
-
 def empty_metrics() -> dict:
   return {"loss_sum": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32),
           "grad_norm_sum": jnp.zeros((), jnp.float32)}
@@ -88,10 +75,16 @@ def abstract_state(params, rest, train_cfg) -> TrainState:
 
 
 class Trainer:
-  """Holds the static parts (graph defs, optimizer) of a GLiDRE training run."""
+  """Holds the static parts (graph defs, optimizer, mesh) of a training run.
 
-  def __init__(self, model: nnx.Module, train_cfg):
+  Parameters and optimizer state are replicated over the mesh; documents are
+  split over its 'data' axis and the pair tensors over its 'model' axis
+  (`glidre_jax.sharding`).
+  """
+
+  def __init__(self, model: nnx.Module, train_cfg, mesh: jax.sharding.Mesh | None = None):
     self.train_cfg = train_cfg
+    self.mesh = mesh if mesh is not None else sharding.make_mesh()
     model.train()
     self.train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     model.eval()
@@ -100,12 +93,30 @@ class Trainer:
     # structure for optax, orbax and jit's cache.
     params, rest = nnx.as_pure(params), nnx.as_pure(rest)
     self.tx = make_optimizer(train_cfg, params)
-    self.initial_state = jax.device_put(TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-        opt_state=self.tx.init(params), metrics=empty_metrics()), replicated_sharding())
-    self.train_step = jax.jit(self._train_step, donate_argnums=0)
-    self.predictor = Predictor(self.eval_graphdef)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                       opt_state=self.tx.init(params), metrics=empty_metrics())
+    self.state_sharding = jax.tree.map(lambda _: sharding.named(self.mesh), state)
+    self.initial_state = sharding.replicate(state, self.mesh)
+    self.batch_sharding = sharding.named(self.mesh, "batch")
+    self._train_step_jit = jax.jit(self._train_step, donate_argnums=0,
+                                   out_shardings=self.state_sharding)
+    self.predictor = Predictor(self.eval_graphdef, self.mesh)
     self.num_traces = 0  # how often the train step was traced (compiles)
+
+  def train_step(self, state: TrainState, batch: dict) -> TrainState:
+    """One optimizer micro-step; `batch` as placed by `pipeline.to_device`."""
+    with jax.set_mesh(self.mesh):  # sharding.constrain resolves against it
+      return self._train_step_jit(state, batch)
+
+  def place(self, batch: dict) -> dict:
+    """A process-local numpy batch -> global arrays on the mesh."""
+    from glidre_jax.data import pipeline
+    return pipeline.to_device(batch, self.batch_sharding)
+
+  def lower(self, state: TrainState, batch: dict):
+    """Ahead-of-time lowering of the train step (memory analysis, dry runs)."""
+    with jax.set_mesh(self.mesh):
+      return self._train_step_jit.lower(state, batch)
 
   def _loss(self, params, rest, batch):
     # Fresh Variables at this trace level: dropout updates its rng counter.
@@ -131,25 +142,45 @@ class Trainer:
     return TrainState(step=state.step + 1, params=params, rest=rest,
                       opt_state=opt_state, metrics=metrics)
 
-  @staticmethod
-  def fetch_metrics(state: TrainState) -> tuple[dict, TrainState]:
+  def fetch_metrics(self, state: TrainState) -> tuple[dict, TrainState]:
     """Host copy of the accumulated metrics, and the state with them reset."""
     m = jax.device_get(state.metrics)
     n = max(int(m["count"]), 1)
     out = {"loss": float(m["loss_sum"]) / n, "grad_norm": float(m["grad_norm_sum"]) / n}
     # Same shardings as before, or the next train step would compile again.
-    fresh = jax.device_put(empty_metrics(), jax.tree.map(lambda x: x.sharding, state.metrics))
+    fresh = sharding.replicate(empty_metrics(), self.mesh)
     return out, dataclasses.replace(state, metrics=fresh)
 
 
 class Predictor:
-  """Jitted inference on (params, rest) of an eval-mode graph definition."""
+  """Jitted inference on (params, rest) of an eval-mode graph definition.
 
-  def __init__(self, eval_graphdef):
+  Every process passes the same numpy batch; it is replicated over the mesh
+  (pairs still split over 'model') and the probabilities come back whole.
+  """
+
+  def __init__(self, eval_graphdef, mesh: jax.sharding.Mesh | None = None):
     self.graphdef = eval_graphdef
-    self.label_step = jax.jit(self._label_step)
-    self.predict_step = jax.jit(self._predict_step)
+    self.mesh = mesh if mesh is not None else sharding.make_mesh()
+    replicated = sharding.named(self.mesh)
+    self._label_jit = jax.jit(self._label_step, out_shardings=replicated)
+    self._predict_jit = jax.jit(self._predict_step, out_shardings=replicated)
     self.num_traces = 0  # predict-step compilations
+
+  def label_step(self, params, rest, label_batch) -> jax.Array:
+    """Label vectors [K, D] (a replicated device array, reusable across calls)."""
+    with jax.set_mesh(self.mesh):
+      return self._label_jit(params, rest, sharding.replicate(dict(label_batch), self.mesh))
+
+  def predict_step(self, params, rest, batch, label_vectors=None) -> np.ndarray:
+    """Probabilities [B, E, E, K] of a numpy batch, as numpy."""
+    from glidre_jax.data import batch as batch_lib
+    fields = {k: batch[k] for k in batch_lib.DOC_FIELDS + batch_lib.LABEL_FIELDS if k in batch}
+    extra = {k: v for k, v in batch.items() if k not in fields and k != "meta"}
+    with jax.set_mesh(self.mesh):
+      probs = self._predict_jit(params, rest, sharding.replicate({**fields, **extra}, self.mesh),
+                                label_vectors)
+    return np.asarray(probs.addressable_data(0))
 
   def model(self, params, rest) -> nnx.Module:
     return nnx.merge(self.graphdef, params, rest)

@@ -21,3 +21,33 @@ def redocred_dev_path() -> pathlib.Path:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def packaged_or_shared(*parts: str) -> pathlib.Path:
+  """A data file: the packaged copy (works in CI), else ../shared/data."""
+  from glidre_jax.data.assets import asset_path
+  try:
+    return asset_path(*parts)
+  except FileNotFoundError:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+      pytest.skip(f"{'/'.join(parts)} is neither packaged nor in {SHARED_DATA}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tok():
+  from glidre_jax.data.tokenize import load_tokenizer, minilm_path
+  return load_tokenizer(minilm_path())
+
+
+@pytest.fixture(scope="session")
+def schema():
+  from glidre_jax.data.relations import RelationSchema
+  return RelationSchema.from_file(packaged_or_shared("docred", "rel_info.json"))
+
+
+@pytest.fixture(scope="session")
+def dev_docs(schema, redocred_dev_path):
+  from glidre_jax.data.readers import read_docred
+  return read_docred(redocred_dev_path, schema)

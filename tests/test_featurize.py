@@ -15,22 +15,13 @@ from glidre_jax.data.readers import normalize_cdr, read_docred
 from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data.tokenize import load_tokenizer, minilm_path
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA
 
 
-@pytest.fixture(scope="module")
-def tok():
-  return load_tokenizer(minilm_path())
 
 
-@pytest.fixture(scope="module")
-def schema():
-  return RelationSchema.from_file(asset_path("docred", "rel_info.json"))
 
 
-@pytest.fixture(scope="module")
-def dev_docs(schema, redocred_dev_path):
-  return read_docred(redocred_dev_path, schema)
 
 
 def _index(schema):

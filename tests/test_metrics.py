@@ -11,17 +11,9 @@ from glidre_jax.data.assets import asset_path
 from glidre_jax.data.readers import read_docred
 from glidre_jax.data.relations import RelationSchema
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import packaged_or_shared as _data
 
 
-def _data(*parts: str) -> pathlib.Path:
-  try:
-    return asset_path(*parts)
-  except FileNotFoundError:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-      pytest.skip(f"{'/'.join(parts)} is neither packaged nor in {SHARED}")
-    return path
 
 
 def _ent(*names):

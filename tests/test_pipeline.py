@@ -16,19 +16,10 @@ from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data.tokenize import load_tokenizer, minilm_path
 
 
-@pytest.fixture(scope="module")
-def tok():
-  return load_tokenizer(minilm_path())
 
 
-@pytest.fixture(scope="module")
-def schema():
-  return RelationSchema.from_file(asset_path("docred", "rel_info.json"))
 
 
-@pytest.fixture(scope="module")
-def dev_docs(schema, redocred_dev_path):
-  return read_docred(redocred_dev_path, schema)
 
 
 def _ds(docs, tok, schema, **kw):
@@ -174,3 +165,13 @@ def test_sorted_windows_keep_epochs_complete_and_batches_homogeneous():
   spread = lambda seq: np.mean([np.ptp([sizes[i] for i in seq[k:k + 4]]) for k in range(0, 40, 4)])
   assert spread([order[k] for k in range(40)]) < spread(plain) / 2
   assert [order[k] for k in range(40)] != [order[40 + k] for k in range(40)]
+
+
+def test_process_slices_rebuild_the_single_process_batches():
+  from glidre_jax.data.pipeline import EpochOrder, ProcessSlice
+  order = EpochOrder(np.arange(20), None, batch_size=4, window=0, seed=1, num_epochs=2)
+  single = ProcessSlice(order, 4, 0, 1)
+  halves = [ProcessSlice(order, 2, p, 2) for p in range(2)]
+  for b in range(10):
+    merged = [halves[p][2 * b + r] for p in range(2) for r in range(2)]
+    assert merged == [single[4 * b + r] for r in range(4)]

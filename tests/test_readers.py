@@ -14,23 +14,10 @@ from glidre_jax.data.readers import (DataError, normalize_cdr, read_docred, read
                                      to_docred_dict, to_glidre_dict, write_docred, write_glidre)
 from glidre_jax.data.relations import RelationSchema, UnknownRelationError
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import SHARED_DATA as SHARED
+from conftest import packaged_or_shared as _data
 
 
-def _data(*parts: str) -> pathlib.Path:
-  """Prefer the packaged copy (works in CI); fall back to ../shared/data."""
-  try:
-    return asset_path(*parts)
-  except FileNotFoundError:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-      pytest.skip(f"{'/'.join(parts)} is neither packaged nor in {SHARED}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def schema():
-  return RelationSchema.from_file(_data("docred", "rel_info.json"))
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +28,6 @@ def cdr_schema():
 @pytest.fixture(scope="module")
 def dev_raw():
   return json.loads(_data("redocred", "dev_revised.json").read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def dev_docs(schema):
-  return read_docred(_data("redocred", "dev_revised.json"), schema)
 
 
 # -- schema ------------------------------------------------------------------

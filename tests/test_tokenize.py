@@ -6,9 +6,6 @@ import pytest
 from glidre_jax.data.tokenize import encode_labels, load_tokenizer, minilm_path, tokenize_words
 
 
-@pytest.fixture(scope="module")
-def tok():
-  return load_tokenizer(minilm_path())
 
 
 def _alone(tok, word):

@@ -43,6 +43,18 @@ class Buckets:
   def num_combinations(self) -> int:
     return len(self.seq_len) * len(self.words) * len(self.entities)
 
+  def grown(self, *, words: int = 0, entities: int = 0) -> Buckets:
+    """These buckets plus doublings of the largest word / entity size, up to
+    the given needs (prediction on documents larger than any training one)."""
+    out = {}
+    for dim, need in (("words", words), ("entities", entities)):
+      sizes = getattr(self, dim)
+      size = sizes[-1]
+      while size < need:
+        size *= 2
+      out[dim] = sizes + ((size,) if size > sizes[-1] else ())
+    return dataclasses.replace(self, **out)
+
   def pick(self, seq_len: int, words: int, entities: int, *, title: str = "<batch>"
            ) -> tuple[int, int, int]:
     """Smallest (L, W, E) bucket holding the given sizes."""

@@ -104,6 +104,27 @@ class EpochOrder(Sequence):
     return self._cache[epoch]
 
 
+class ProcessSlice(Sequence):
+  """This process's documents of each *global* batch of a shared order.
+
+  Every process computes the same global order; process p takes rows
+  [p·b, (p+1)·b) of each global batch of b × num_processes documents. The
+  global batches are then the same whatever the number of processes.
+  """
+
+  def __init__(self, order: Sequence[int], batch_size: int, shard: int, shards: int):
+    self.order, self.batch_size, self.shard, self.shards = order, batch_size, shard, shards
+
+  def __len__(self) -> int:
+    return len(self.order) // self.shards
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    batch, row = divmod(int(i), self.batch_size)
+    return self.order[(batch * self.shards + self.shard) * self.batch_size + row]
+
+
 def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str],
                   label_tokenizer=None, sort_window: int = 0,
                   batch_size: int, buckets: Buckets = Buckets(), max_length: int = 512,
@@ -126,6 +147,8 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     repeats forever. Evaluation reads each document once, in order.
   subset_size / subset_seed: a fixed random subset of the documents (few-shot).
   shard_index / num_shards: default to jax.process_index() / process_count().
+    Training batches are slices of global batches (see ProcessSlice), so a
+    run sees the same data on any number of processes.
   "meta" holds doc_index [B] (position in `source`, -1 for padding), titles
   and the summed truncation counters of featurize.STAT_KEYS.
   """
@@ -134,7 +157,7 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
   if not train and num_epochs not in (None, 1):
     raise ValueError("num_epochs only applies to training (train=True)")
   shard, shards = _process_shard(shard_index, num_shards)
-  indices = shard_indices(subset_indices(len(source), subset_size, subset_seed), shard, shards)
+  subset = subset_indices(len(source), subset_size, subset_seed)
   label_index = {name: k for k, name in enumerate(label_names)}
   if len(label_index) != len(label_names):
     raise ValueError("label_names has duplicates")
@@ -167,11 +190,11 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     sizes = None
     if sort_window > 1:
       read = (lambda i: source[i]) if decode is None else (lambda i: decode(source[i]))
-      sizes = {int(i): read(int(i)).num_words for i in indices if i >= 0}
-    ds = grain.MapDataset.source(EpochOrder(indices, sizes, batch_size, sort_window, seed,
-                                            num_epochs))
+      sizes = {int(i): read(int(i)).num_words for i in subset}
+    order = EpochOrder(subset, sizes, batch_size * shards, sort_window, seed, num_epochs)
+    ds = grain.MapDataset.source(ProcessSlice(order, batch_size, shard, shards))
   else:
-    ds = grain.MapDataset.source(indices.tolist())
+    ds = grain.MapDataset.source(shard_indices(subset, shard, shards).tolist())
   return ds.map(load).batch(batch_size, batch_fn=to_batch)
 
 

@@ -1,0 +1,146 @@
+"""Time and peak memory against entity count, chunked vs unchunked pairs.
+
+    python -m glidre_jax.bench.entity_scaling [--quick] [--out results/entity_scaling]
+
+Synthetic 400-word documents with E entities (2 one-word mentions each) and
+96 labels, MiniLM encoders, batch 1. For inference and a training step it
+reports the median wall time over a few runs after compiling, and XLA's
+per-device memory estimate of the compiled step (arguments + temporaries),
+which is what bounds the entity count on an accelerator. Writes a table
+(JSON + CSV) and a PNG plot into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from configs import default
+from glidre_jax import run_setup, sharding, trainer as trainer_lib
+from glidre_jax.data.relations import RelationSchema
+from glidre_jax.data import assets
+from glidre_jax.data.featurize import label_batch
+from glidre_jax.data.tokenize import load_tokenizer, minilm_path
+
+WORDS, LABELS = 400, 96
+
+
+def synthetic_batch(num_entities: int, seq_len: int, rng: np.random.Generator, labels) -> dict:
+  """One document: WORDS one-subword words, entities with 2 mentions each."""
+  e = num_entities
+  weights = np.zeros((1, e, WORDS), np.float32)
+  for i in range(e):
+    weights[0, i, rng.choice(WORDS, 2, replace=False)] = 1
+  gold = np.zeros((1, e, e, LABELS), np.int32)
+  gold[0, rng.integers(0, e, 3 * e), rng.integers(0, e, 3 * e), rng.integers(0, LABELS, 3 * e)] = 1
+  ids = rng.integers(1000, 20000, (1, seq_len)).astype(np.int32)
+  return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+          "word_index": np.arange(1, WORDS + 1, dtype=np.int32)[None],
+          "word_mask": np.ones((1, WORDS), np.int32), "entity_word_weights": weights,
+          "entity_mask": np.ones((1, e), np.int32), "pair_mask": np.ones((1, e, e), np.int32),
+          "labels": gold, "doc_mask": np.ones((1,), np.int32), **labels}
+
+
+def _median_time(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def _peak_gib(compiled) -> float:
+  mem = compiled.memory_analysis()
+  return (mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2**30 if mem else float("nan")
+
+
+def measure(num_entities: int, chunk: int, train: bool, repeats: int) -> dict:
+  config = default.get_config()
+  config.model.pair_chunk_size = chunk
+  schema = RelationSchema.from_file(assets.asset_path("docred", "rel_info.json"))
+  labels = label_batch(load_tokenizer(minilm_path()), list(schema.names))
+  batch = synthetic_batch(num_entities, 512, np.random.default_rng(num_entities), labels)
+  trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train,
+                                sharding.make_mesh(1, 1, jax.devices()[:1]))
+  state = trainer.initial_state
+  if train:
+    placed = trainer.place(batch)
+    compiled = trainer.lower(state, placed).compile()
+    box = {"state": state}
+
+    def step():
+      box["state"] = compiled(box["state"], placed)
+      return box["state"].step
+    seconds = _median_time(step, repeats)
+  else:
+    p = trainer.predictor
+    vectors = p.label_step(state.params, state.rest, labels)
+    with jax.set_mesh(p.mesh):
+      compiled = p._predict_jit.lower(state.params, state.rest, sharding.replicate(
+          batch, p.mesh), vectors).compile()
+    seconds = _median_time(lambda: p.predict_step(state.params, state.rest, batch, vectors),
+                           repeats)
+  return {"entities": num_entities, "pairs": num_entities ** 2, "mode": "train" if train else
+          "inference", "pair_chunk_size": chunk, "seconds_per_doc": round(seconds, 3),
+          "peak_gib": round(_peak_gib(compiled), 3)}
+
+
+def plot(rows: list[dict], path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for (mode, chunk) in sorted({(r["mode"], r["pair_chunk_size"]) for r in rows}):
+    sel = [r for r in rows if r["mode"] == mode and r["pair_chunk_size"] == chunk]
+    label = f"{mode}, " + (f"chunk {chunk}" if chunk else "unchunked")
+    axes[0].plot([r["entities"] for r in sel], [r["seconds_per_doc"] for r in sel], "o-", label=label)
+    axes[1].plot([r["entities"] for r in sel], [r["peak_gib"] for r in sel], "o-", label=label)
+  axes[0].set(xlabel="entities per document", ylabel="seconds per document", xscale="log", yscale="log")
+  axes[1].set(xlabel="entities per document", ylabel="peak memory (GiB, XLA estimate)", xscale="log")
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"GLiDRE-MiniLM, {WORDS}-word documents, {LABELS} labels, {jax.devices()[0].platform}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--entities", default="10,25,50,100,200")
+  parser.add_argument("--chunk", type=int, default=1024, help="pairs per block in chunked mode")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--quick", action="store_true",
+                      help="CPU-sized: training only up to 50 entities, 1 timed repeat")
+  parser.add_argument("--out", default="results/entity_scaling")
+  args = parser.parse_args(argv)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  repeats = 1 if args.quick else args.repeats
+  rows = []
+  for e in (int(x) for x in args.entities.split(",")):
+    for train in (False, True):
+      if train and args.quick and e > 50:
+        continue
+      for chunk in (0, args.chunk):
+        row = measure(e, chunk, train, repeats)
+        rows.append(row)
+        print(f"E={row['entities']:>4} {row['mode']:>9} chunk={chunk:>5}: "
+              f"{row['seconds_per_doc']:8.3f} s/doc  peak {row['peak_gib']:7.3f} GiB", flush=True)
+  meta = {"device": str(jax.devices()[0]), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
+  (out / "entity_scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+  with open(out / "entity_scaling.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  plot(rows, out / "entity_scaling.png")
+  print(f"wrote {out}/entity_scaling.{{json,csv,png}}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,119 @@
+"""Documents longer than the encoder's maximum length, as overlapping windows.
+
+The document's subwords (without special tokens) are cut into windows of
+`window - specials` subwords starting every `stride` subwords (the last one
+ends at the document's end); each window gets the tokenizer's own special
+tokens. A word belongs to every window holding its first subword; the model
+averages its vectors, and the word-to-word attention, over those windows
+(`glidre_jax.model.windows`). A document that fits gives one window equal to
+the single-pass input.
+
+Windowed batch fields (instead of the single-pass shapes of `batch.py`):
+  input_ids, attention_mask  int32 [B, N, L]   N windows of L subwords
+  word_index                 int32 [B, N, W]   position of word w's first subword in window n
+  window_word_mask           int32 [B, N, W]   1 where window n holds word w
+The other document fields keep their single-pass meaning over all words.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from glidre_jax.data import batch as batch_lib
+from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data.documents import Document
+
+_NO_LIMIT = 1 << 62  # max_length that never truncates
+
+
+def special_layout(tokenizer) -> tuple[int, int]:
+  """(number of special tokens before, after) the words of an encoding."""
+  enc = tokenizer.backend_tokenizer.encode(["a"], is_pretokenized=True, add_special_tokens=True)
+  words = [i for i, w in enumerate(enc.word_ids) if w is not None]
+  return words[0], len(enc.ids) - words[-1] - 1
+
+
+def featurize_windows(doc: Document, tokenizer, window: int, stride: int, *,
+                      pair_filter=None) -> dict[str, np.ndarray]:
+  """`featurize_lib.featurize` over all words, with the subwords in windows."""
+  n_head, n_tail = special_layout(tokenizer)
+  size = window - n_head - n_tail  # subwords of the document per window
+  if size < 1 or not 0 < stride <= size:
+    raise ValueError(f"stride must be in [1, {size}] for windows of {window} subwords "
+                     f"({n_head + n_tail} special tokens), got {stride}")
+  feat = featurize_lib.featurize(doc, tokenizer, {}, _NO_LIMIT, pair_filter=pair_filter)
+  ids = feat["input_ids"]
+  content = ids[n_head:len(ids) - n_tail]
+  total = len(content)
+  starts = np.asarray(list(range(0, max(total - size, 0), stride)) + [max(total - size, 0)])
+  lens = np.minimum(size, total - starts)
+  cols = np.arange(int(lens.max()))
+  inside = cols[None, :] < lens[:, None]
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  length = n_head + int(lens.max()) + n_tail
+  win_ids = np.full((len(starts), length), pad, np.int32)
+  win_ids[:, :n_head] = ids[:n_head]
+  win_ids[:, n_head:n_head + len(cols)] = np.where(
+      inside, content[np.minimum(starts[:, None] + cols, total - 1)], pad)
+  rows = np.arange(len(starts))[:, None]
+  win_ids[rows, n_head + lens[:, None] + np.arange(n_tail)] = ids[len(ids) - n_tail:]
+  # Each word by its first subword's position in the content.
+  pos = feat["word_index"].astype(np.int64) - n_head
+  held = (starts[:, None] <= pos[None, :]) & (pos[None, :] < (starts + lens)[:, None])
+  feat.update(
+      input_ids=win_ids,
+      attention_mask=(np.arange(length)[None, :] < (n_head + lens + n_tail)[:, None]
+                      ).astype(np.int32),
+      word_index=np.where(held, pos[None, :] - starts[:, None] + n_head, 0).astype(np.int32),
+      window_word_mask=held.astype(np.int32))
+  return feat
+
+
+def is_windowed(feat: Mapping) -> bool:
+  return "window_word_mask" in feat
+
+
+def window_shape(feat: Mapping) -> tuple[int, int, int]:
+  """(windows, words, entities) of windowed features."""
+  n, w = feat["window_word_mask"].shape
+  return n, w, len(feat["entity_mask"])
+
+
+def collate_windows(features: Sequence[Mapping], buckets: featurize_lib.Buckets,
+                    label_batch: Mapping[str, np.ndarray], batch_size: int, window: int
+                    ) -> dict[str, np.ndarray]:
+  """Windowed features padded to [batch_size, N, window] and the word/entity
+  buckets (grown as needed); N is rounded up to a power of two."""
+  dims = np.asarray([window_shape(f) for f in features])
+  need_n, need_w, need_e = dims.max(axis=0)
+  n = 1 << int(need_n - 1).bit_length()
+  # Any seq_len fits: windows have their own fixed length.
+  _, w, e = buckets.grown(words=int(need_w), entities=int(need_e)).pick(
+      1, int(need_w), int(need_e))
+  k = int(np.shape(label_batch["label_mask"])[0])
+  b = batch_size
+  out = {
+      "input_ids": np.zeros((b, n, window), np.int32),
+      "attention_mask": np.zeros((b, n, window), np.int32),
+      "word_index": np.zeros((b, n, w), np.int32),
+      "window_word_mask": np.zeros((b, n, w), np.int32),
+      "word_mask": np.zeros((b, w), np.int32),
+      "entity_word_weights": np.zeros((b, e, w), np.float32),
+      "entity_mask": np.zeros((b, e), np.int32),
+      "pair_mask": np.zeros((b, e, e), np.int32),
+      "labels": np.zeros((b, e, e, k), np.int32),
+      "doc_mask": np.zeros((b,), np.int32),
+  }
+  for i, f in enumerate(features):  # per document of the batch, host side
+    for name in ("input_ids", "attention_mask", "word_index", "window_word_mask",
+                 "entity_word_weights", "pair_mask"):
+      arr = f[name]
+      out[name][(i,) + tuple(slice(0, s) for s in arr.shape)] = arr
+    out["word_mask"][i, :f["window_word_mask"].shape[1]] = 1
+    out["entity_mask"][i, :len(f["entity_mask"])] = f["entity_mask"]
+    out["doc_mask"][i] = 1
+  for name in batch_lib.LABEL_FIELDS:
+    out[name] = np.asarray(label_batch[name], np.int32)
+  return out
+

@@ -1,0 +1,86 @@
+"""Run with 4 CPU devices: a train step on a (2, 2) mesh equals one device.
+
+XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/scripts/mesh_check.py
+Prints one JSON line with the differences and the observed shardings.
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from glidre_jax import sharding, trainer as trainer_lib
+from glidre_jax.encoders.bert import BertConfig, BertModel
+from glidre_jax.model.config import GLiDREConfig
+from glidre_jax.model.glidre import GLiDRE
+from flax import nnx
+
+
+def make_model():
+  enc = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=64, hidden_dropout_prob=0.0,
+                   attention_probs_dropout_prob=0.0, max_position_embeddings=32)
+  return GLiDRE(GLiDREConfig(hidden_size=24, dropout=0.0), BertModel(enc, rngs=nnx.Rngs(1)),
+                BertModel(enc, rngs=nnx.Rngs(2)), rngs=nnx.Rngs(3))
+
+
+def make_batch(b=4, l=16, w=8, e=4, k=5, t=4):
+  r = np.random.RandomState(0)
+  return {"input_ids": r.randint(1, 50, (b, l)).astype(np.int32),
+          "attention_mask": np.ones((b, l), np.int32),
+          "word_index": np.tile(np.arange(1, w + 1), (b, 1)).astype(np.int32),
+          "word_mask": np.ones((b, w), np.int32),
+          "entity_word_weights": (r.rand(b, e, w) < 0.3).astype(np.float32),
+          "entity_mask": np.ones((b, e), np.int32), "pair_mask": np.ones((b, e, e), np.int32),
+          "labels": (r.rand(b, e, e, k) < 0.2).astype(np.int32),
+          "doc_mask": np.ones((b,), np.int32),
+          "label_input_ids": r.randint(1, 50, (k, t)).astype(np.int32),
+          "label_attention_mask": np.ones((k, t), np.int32), "label_mask": np.ones((k,), np.int32)}
+
+
+def run(mesh):
+  cfg = ml_collections.ConfigDict(dict(
+      steps=10, grad_accum=1, lr_encoder=1e-3, lr_head=1e-3, weight_decay=0.01,
+      warmup_fraction=0.1, clip_norm=10.0, loss="focal", focal_alpha=0.8, focal_gamma=3.0))
+  trainer = trainer_lib.Trainer(make_model(), cfg, mesh)
+  state = trainer.initial_state
+  for _ in range(2):
+    state = trainer.train_step(state, trainer.place(make_batch()))
+  metrics, state = trainer.fetch_metrics(state)
+  return metrics["loss"], jax.device_get(state.params), trainer, state
+
+
+def main():
+  assert len(jax.devices()) == 4, jax.devices()
+  loss_1, params_1, _, _ = run(sharding.make_mesh(1, 1, jax.devices()[:1]))
+  mesh = sharding.make_mesh(2, 2)
+  loss_4, params_4, trainer, state = run(mesh)
+  # Attention key biases have an exactly-zero gradient (softmax ignores a
+  # constant per query); Adam turns their float noise into ±lr steps, so they
+  # are left out of the comparison.
+  deltas = {jax.tree_util.keystr(path): float(np.abs(a - b).max()) for (path, a), b in
+            zip(jax.tree_util.tree_leaves_with_path(params_1), jax.tree.leaves(params_4))}
+  param_delta = max(v for k, v in deltas.items() if not k.endswith("['key']['bias']"))
+
+  # The pair logits of the sharded model: split over 'data' and 'model'.
+  model = trainer.predictor.model(state.params, state.rest)
+  batch = trainer.place(make_batch())
+
+  @jax.jit
+  def pair_logits(batch):
+    ctx = model.entity_context(batch)
+    labels = model.encode_labels(batch["label_input_ids"], batch["label_attention_mask"])
+    return model.score_pairs(ctx, jnp.arange(16), labels).logits
+
+  with jax.set_mesh(mesh):
+    logits = pair_logits(batch)
+    hlo = pair_logits.lower(batch).compile().as_text()
+  print(json.dumps({"loss_1": loss_1, "loss_4": loss_4, "param_delta": param_delta,
+                    "logits_spec": str(logits.sharding.spec),
+                    "logits_shard_shape": list(logits.addressable_shards[0].data.shape),
+                    "hlo_has_sharding": "sharding={devices=" in hlo}))
+
+
+if __name__ == "__main__":
+  main()

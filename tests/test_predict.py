@@ -1,0 +1,337 @@
+"""Prediction API and CLI: inputs, decoding, label cache, no recompiles, loading."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import default
+from glidre_jax import checkpointing, decoding, run_setup
+from glidre_jax import predict as predict_cli
+from glidre_jax.api import GLiDREPredictor
+from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data import inputs, windows
+from glidre_jax.model.windows import merge_windows
+
+LABELS = ["country", "place of birth", "located in"]
+TEXT = "Marie Curie was born in Warsaw, Poland. Later she moved to Paris."
+RAW = {"title": "curie", "text": TEXT,
+       "entities": [{"mentions": [[0, 11], [46, 49]], "type": "PER"},
+                    {"mentions": [[24, 30]], "type": "LOC"},
+                    {"mentions": [{"start": 32, "end": 38}], "type": "LOC"},
+                    {"start": 59, "end": 64, "type": "LOC"}]}
+
+
+def small_config():
+  c = default.get_config()
+  c.data.max_length = 128
+  c.data.seq_buckets, c.data.word_buckets, c.data.entity_buckets = (128,), (128,), (48,)
+  c.data.eval_batch_size = 2
+  return c
+
+
+@pytest.fixture(scope="module")
+def model():
+  return run_setup.build_model(small_config())
+
+
+@pytest.fixture(scope="module")
+def predictor(model):
+  return GLiDREPredictor.from_model(model, small_config())
+
+
+@pytest.fixture(scope="module")
+def dev_docs(redocred_dev_path):
+  return json.loads(redocred_dev_path.read_text())[:5]
+
+
+@pytest.fixture(scope="module")
+def run_dir(model, tmp_path_factory):
+  """A run directory holding `model` as its best checkpoint (no training)."""
+  path = tmp_path_factory.mktemp("run")
+  config = small_config()
+  config.workdir = str(path)
+  run_setup.save_config(config, path)
+  checkpoints = checkpointing.RunCheckpoints(path, save_every=1)
+  try:
+    checkpoints.save_best(0, nnx.as_pure(nnx.split(model, nnx.Param, ...)[1]), {"f1": 0.0})
+    checkpoints.wait()
+  finally:
+    checkpoints.close()
+  return path
+
+
+# -- inputs -------------------------------------------------------------------
+
+
+def test_split_words_offsets_unicode():
+  text = "Zürich,  東京 and São Paulo 🎉 foo_bar."
+  w = inputs.split_words(text)
+  assert w.words == ("Zürich", ",", "東", "京", "and", "São", "Paulo", "🎉", "foo_bar", ".")
+  assert all(text[s:e] == word for word, s, e in zip(w.words, w.starts, w.ends))
+
+
+def test_raw_text_document():
+  doc = inputs.to_document(RAW)
+  assert doc.title == "curie" and doc.words[:2] == ("Marie", "Curie")
+  assert [(m.start, m.end, m.name) for m in doc.entities[0].mentions] == [
+      (0, 2, "Marie Curie"), (10, 11, "she")]
+  assert [e.type for e in doc.entities] == ["PER", "LOC", "LOC", "LOC"]
+  uni = inputs.to_document({"text": "Er zog nach São Paulo und 東京.",
+                            "entities": [[[12, 21]], [[26, 28]]]})
+  assert [m.name for e in uni.entities for m in e.mentions] == ["São Paulo", "東京"]
+  assert uni.entities[1].mentions[0].end - uni.entities[1].mentions[0].start == 2
+
+
+@pytest.mark.parametrize("entities, message", [
+    ([[[2, 11]]], r"entities\[0\]\.mentions\[0\] \[2, 11\) 'rie Curie': start 2 .*inside 'Marie'"),
+    ([[[0, 9]]], r"end 9 is not the end of a word \(inside 'Curie'"),
+    ([[[0, 500]]], r"\[0, 500\) is not a non-empty span inside the text \(65 characters\)"),
+    ([[[11, 11]]], r"not a non-empty span"),
+    ([[[-1, 5]]], r"not a non-empty span"),
+    ([[[0, 11], [6, 11]]], r"mentions\[1\] \[6, 11\) 'Curie' overlaps mentions\[0\]"),
+    ([[["a", 3]]], r"expected \[start, end\]"),
+    ([{"type": "PER"}], r"at least one mention"),
+    ([], r"no entities"),
+])
+def test_bad_offsets_are_clear_errors(entities, message):
+  with pytest.raises(inputs.InputError, match=message):
+    inputs.to_documents([{"text": TEXT, "entities": entities}])
+
+
+def test_docred_inputs_ignore_gold_labels(dev_docs):
+  raw = dict(dev_docs[0], labels=[{"h": 0, "t": 1, "r": "P_unknown", "evidence": []}])
+  doc = inputs.to_document(raw)
+  assert doc.relations == () and len(doc.entities) == len(dev_docs[0]["vertexSet"])
+  assert inputs.to_document(doc) == doc
+  with pytest.raises(inputs.InputError, match="vertexSet.*at least one entity"):
+    inputs.to_document(dict(dev_docs[0], vertexSet=[]))
+  with pytest.raises(inputs.InputError, match="got keys"):
+    inputs.to_document({"sentences": []})
+  with pytest.raises(TypeError, match="list of documents"):
+    inputs.to_documents(raw)
+
+
+# -- decoding (no model) --------------------------------------------------------
+
+
+def test_decoder_thresholds_top_k_self_pairs_and_constraints():
+  probs = np.full((1, 3, 3, 3), 0.2, np.float32)
+  probs[0, 0, 1] = [0.9, 0.8, 0.7]
+  probs[0, 1, 1] = [0.95, 0.1, 0.1]  # self pair
+  probs[0, 2, 0] = [0.6, 0.65, 0.1]
+  pair_mask = np.ones((1, 3, 3), np.int32)
+  labels = ["a", "b", "c"]
+  got = lambda dec, types=None: {(r["head"], r["tail"], r["label"]) for r in dec.triples(
+      probs, pair_mask, dec.type_ids(types, 3) if types else None)[0]}
+  base = decoding.make_decoder(labels, 0.5)
+  assert got(base) == {(0, 1, "a"), (0, 1, "b"), (0, 1, "c"), (2, 0, "a"), (2, 0, "b")}
+  rows = base.triples(probs, pair_mask)[0]
+  assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+  assert (1, 1, "a") in got(decoding.make_decoder(labels, 0.5, drop_self_pairs=False))
+  assert got(decoding.make_decoder(labels, 0.5, label_thresholds={"b": 0.85, "c": 0.0})) == {
+      (0, 1, "a"), (2, 0, "a"), (0, 1, "c"), (0, 2, "c"), (1, 0, "c"), (1, 2, "c"), (2, 0, "c"),
+      (2, 1, "c")}
+  assert got(decoding.make_decoder(labels, 0.5, top_k=1)) == {(0, 1, "a"), (2, 0, "b")}
+  # 'a' only PER -> LOC, 'b' any head -> PER tail; 'c' unconstrained.
+  dec = decoding.make_decoder(labels, 0.5,
+                              constraints={"a": (["PER"], "LOC"), "b": (None, ["PER"])})
+  assert got(dec, [["PER", "LOC", "ORG"]]) == {(0, 1, "a"), (0, 1, "c"), (2, 0, "b")}
+  assert got(dec, [["LOC", "LOC", "PER"]]) == {(0, 1, "c"), (2, 0, "a")}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(labels=[]), "empty label list"),
+    (dict(labels="country"), "list of relation names"),
+    (dict(labels=["a", "a"]), "listed twice"),
+    (dict(labels=["a", " "]), "not a non-empty string"),
+    (dict(labels=["a"], label_thresholds={"b": 0.3}), "label_thresholds names 'b'"),
+    (dict(labels=["a"], constraints={"b": (None, None)}), "constraints names 'b'"),
+    (dict(labels=["a"], constraints={"a": ["PER"]}), r"must be \(head types, tail types\)"),
+    (dict(labels=["a"], top_k=0), "top_k"),
+])
+def test_decoder_option_errors(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    decoding.make_decoder(**kwargs)
+
+
+def test_buckets_grow_for_large_documents():
+  buckets = featurize_lib.Buckets((128,), (64, 128), (48,))
+  assert buckets.grown(words=300, entities=70) == featurize_lib.Buckets(
+      (128,), (64, 128, 512), (48, 96))
+  assert buckets.grown(words=100, entities=3) == buckets
+
+
+# -- prediction -------------------------------------------------------------------
+
+
+def test_predict_on_shipped_docs_compiles_once(predictor, dev_docs):
+  traces = predictor.predictor.num_traces
+  out = predictor.predict(dev_docs[:3], LABELS, threshold=0.3)
+  assert predictor.predictor.num_traces - traces <= 1  # one bucket shape (maybe compiled before)
+  traces = predictor.predictor.num_traces
+  again = predictor.predict(dev_docs[2:5] + [RAW], LABELS, threshold=0.3)
+  assert predictor.predictor.num_traces == traces  # no recompile per document or call
+  assert out[2] == again[0]  # batch composition does not change a document's triples
+  for doc, triples in zip(dev_docs[:3], out):
+    n = len(doc["vertexSet"])
+    for r in triples:
+      assert set(r) == {"head", "tail", "label", "score"}
+      assert 0 <= r["head"] < n and 0 <= r["tail"] < n and r["head"] != r["tail"]
+      assert r["label"] in LABELS and r["score"] > 0.3
+  scores = predictor.scores(dev_docs[:3], LABELS)
+  for probs, triples in zip(scores, out):
+    expected = {(h, t, LABELS[k]) for h, t, k in zip(*np.nonzero(probs > 0.3)) if h != t}
+    assert {(r["head"], r["tail"], r["label"]) for r in triples} == expected
+
+
+def test_label_cache(predictor):
+  predictor.clear_label_cache()
+  calls = predictor.label_encoder_calls
+  first = predictor.scores([RAW], LABELS)
+  assert predictor.label_encoder_calls == calls + 1
+  predictor.predict([RAW, RAW, RAW], LABELS)  # two batches, same label set
+  assert predictor.label_encoder_calls == calls + 1  # cache hit: encoder not run again
+  predictor.predict([RAW], LABELS[:2])
+  assert predictor.label_encoder_calls == calls + 2  # another label set
+  uncached = predictor.scores([RAW, RAW, RAW], LABELS, cache_labels=False)
+  assert predictor.label_encoder_calls == calls + 4  # once per batch without the cache
+  np.testing.assert_allclose(uncached[0], first[0], rtol=1e-6, atol=1e-7)
+
+
+def test_type_constraints_in_predict(predictor):
+  constraints = {"place of birth": (["PER"], ["LOC"]), "country": (["LOC"], ["LOC"])}
+  free = predictor.predict([RAW], LABELS, threshold=0.0)[0]
+  kept = predictor.predict([RAW], LABELS, threshold=0.0, constraints=constraints)[0]
+  types = [e["type"] for e in RAW["entities"]]
+  allowed = lambda r: (r["label"] == "located in" or (
+      types[r["head"]] in constraints[r["label"]][0]
+      and types[r["tail"]] in constraints[r["label"]][1]))
+  assert kept == [r for r in free if allowed(r)] and len(kept) < len(free)
+
+
+def test_from_pretrained_run_directory(run_dir, predictor, tmp_path):
+  import glidre_jax
+  assert glidre_jax.GLiDRE is GLiDREPredictor
+  loaded = glidre_jax.GLiDRE.from_pretrained(run_dir)
+  np.testing.assert_allclose(loaded.scores([RAW], LABELS)[0], predictor.scores([RAW], LABELS)[0],
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(FileNotFoundError, match="neither a glidre-jax run directory"):
+    GLiDREPredictor.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_official_directory(minilm_dir, tmp_path):
+  pytest.importorskip("converters.import_official")
+  transformers = pytest.importorskip("transformers")
+  from converters import official
+  from converters.export_official import export_glidre
+  from glidre_jax import encoders
+  from glidre_jax.model.config import GLiDREConfig
+  from glidre_jax.model.glidre import build_glidre
+  bert = tmp_path / "bert"
+  transformers.BertModel(transformers.BertConfig(
+      vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+      intermediate_size=64, max_position_embeddings=512)).save_pretrained(bert)
+  official.copy_tokenizer(minilm_dir, bert)
+  cfg = encoders.config_from_hf(encoders.common.read_hf_config(bert))
+  model = build_glidre(GLiDREConfig(hidden_size=40), cfg, cfg, seed=1)
+  out = export_glidre(model, tmp_path / "official", bert, bert, safetensors=False)
+  buckets = featurize_lib.Buckets((128,), (128,), (8,))
+  imported = GLiDREPredictor.from_pretrained(out, buckets=buckets, batch_size=1)
+  config = imported.config
+  ours = GLiDREPredictor.from_model(model, config, buckets=buckets, batch_size=1)
+  np.testing.assert_allclose(imported.scores([RAW], LABELS)[0], ours.scores([RAW], LABELS)[0],
+                             rtol=1e-5, atol=1e-6)
+
+
+# -- long documents: overlapping windows ------------------------------------------
+
+
+def test_window_layout(predictor, dev_docs):
+  doc, tok = inputs.to_document(dev_docs[0]), predictor.tokenizer
+  full = featurize_lib.featurize(doc, tok, {}, 1 << 30)
+  feat = windows.featurize_windows(doc, tok, 128, 50)
+  ids, held, pos = feat["input_ids"], feat["window_word_mask"].astype(bool), feat["word_index"]
+  assert len(ids) > 2 and held.any(0).all()  # several windows; each word in one at least
+  ends = feat["attention_mask"].sum(1) - 1
+  assert (ids[:, 0] == tok.cls_token_id).all() and (ids[np.arange(len(ids)), ends] ==
+                                                    tok.sep_token_id).all()
+  n, w = np.nonzero(held)
+  np.testing.assert_array_equal(ids[n, pos[n, w]], full["input_ids"][full["word_index"][w]])
+  np.testing.assert_array_equal(feat["entity_word_weights"], full["entity_word_weights"])
+  assert feat["entity_mask"].all() and feat["dropped_words"] == 0
+  with pytest.raises(ValueError, match="stride must be in"):
+    windows.featurize_windows(doc, tok, 128, 127)
+
+
+def test_merge_windows_averages_overlaps():
+  held = np.array([[[1, 1, 0], [0, 1, 1]]], np.float32)  # word 1 in both windows
+  words = np.arange(12, dtype=np.float32).reshape(2, 3, 2) * held.reshape(2, 3, 1)
+  att = np.arange(18, dtype=np.float32).reshape(2, 3, 3) * held.reshape(2, 1, 3)
+  got_w, got_a = (np.asarray(x) for x in merge_windows(words, att, held, np.ones((1, 3), np.int32)))
+  np.testing.assert_allclose(got_w[0], [words[0, 0], (words[0, 1] + words[1, 1]) / 2,
+                                        words[1, 2]])
+  assert got_a[0, 0, 1] == att[0, 0, 1] and got_a[0, 1, 2] == att[1, 1, 2]
+  assert got_a[0, 1, 1] == (att[0, 1, 1] + att[1, 1, 1]) / 2 and got_a[0, 0, 2] == 0
+
+
+def test_one_window_gives_the_single_pass_scores(predictor):
+  doc = inputs.to_document(RAW)
+  plain = predictor.featurize([doc])[0]
+  windowed = windows.featurize_windows(doc, predictor.tokenizer, predictor.max_length, 64)
+  assert windowed["input_ids"].shape[0] == 1
+  single, through_windows = (next(predictor._batches([f], LABELS, 2, True, None))[2]
+                             for f in (plain, windowed))
+  np.testing.assert_allclose(through_windows, single, rtol=1e-6, atol=1e-7)
+
+
+def test_long_documents_keep_every_entity(predictor, dev_docs):
+  p = predictor
+  windowed = GLiDREPredictor(p.config, p.predictor.graphdef, p.params, p.rest, p.tokenizer,
+                             p.label_tokenizer, stride=64)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    scores = windowed.scores([RAW, dev_docs[0]], LABELS)
+    truncated = p.scores([dev_docs[0]], LABELS)[0]
+  assert sum("max_length" in str(w.message) for w in caught) == 1  # the truncating run only
+  n = len(dev_docs[0]["vertexSet"])
+  lost = truncated.reshape(n, -1).max(1) == 0
+  assert lost.sum() >= 5 and (scores[1].reshape(n, -1).max(1) > 0).all()
+  np.testing.assert_allclose(scores[0], p.scores([RAW], LABELS)[0], rtol=1e-6, atol=1e-7)
+
+
+# -- CLI --------------------------------------------------------------------------
+
+
+def _write(tmp_path, docs, labels="country\n# comment\n\nplace of birth\n"):
+  (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+  (tmp_path / "labels.txt").write_text(labels)
+  return ["--input", str(tmp_path / "docs.jsonl"), "--labels", str(tmp_path / "labels.txt"),
+          "--output", str(tmp_path / "out.jsonl")]
+
+
+def test_cli(run_dir, dev_docs, tmp_path, capsys):
+  args = _write(tmp_path, [dict(RAW, id=7), dev_docs[0]])
+  assert predict_cli.main(["--checkpoint", str(run_dir), *args, "--threshold", "0.4"]) == 0
+  lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert [x["title"] for x in lines] == ["curie", dev_docs[0]["title"]] and lines[0]["id"] == 7
+  assert all(r["label"] in ("country", "place of birth") and r["score"] > 0.4
+             for x in lines for r in x["relations"])
+  assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("docs, labels, message", [
+    ([RAW], None, "label file .* does not exist"),
+    ([RAW], "# nothing\n\n", "empty label list"),
+    ([dict(RAW, entities=[])], "country\n", "no entities"),
+    ([RAW, dict(RAW, entities=[[[1, 4]]])], "country\n", r"document 1 .*start 1 is not the start"),
+])
+def test_cli_bad_input(tmp_path, capsys, docs, labels, message):
+  args = _write(tmp_path, docs, labels or "")
+  if labels is None:
+    (tmp_path / "labels.txt").unlink()
+  assert predict_cli.main(["--checkpoint", str(tmp_path / "nowhere"), *args]) == 2
+  assert __import__("re").search(message, capsys.readouterr().err)
