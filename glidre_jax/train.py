@@ -107,6 +107,7 @@ def train(config, workdir: pathlib.Path) -> dict:
 
   bar = run_setup.progress_bar("train")(total=tc.steps, initial=start_step,
                                         disable=not is_main)
+  say = bar.write if is_main else (lambda *_: None)
   t_steps, steps_timed = time.time(), 0
   try:
     for step in range(start_step + 1, tc.steps + 1):
@@ -126,7 +127,7 @@ def train(config, workdir: pathlib.Path) -> dict:
           writer.add_scalar("train/steps_per_second", rate, step)
       if step % tc.eval_every == 0 or step == tc.steps:
         scores = evaluator(state)
-        bar.write(f"step {step} dev: {evaluate.format_scores(scores)}")
+        say(f"step {step} dev: {evaluate.format_scores(scores)}")
         if writer:
           for key in ("f1", "ign_f1", "precision", "recall", "best_f1", "best_threshold"):
             writer.add_scalar(f"dev/{key}", scores[key], step)
@@ -137,7 +138,7 @@ def train(config, workdir: pathlib.Path) -> dict:
       if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
         checkpoints.save_latest(step, state, iterator, force=step == tc.steps or stopping)
       if stopping:
-        bar.write(f"stopping after step {step} (train.stop_after_step); run again to resume")
+        say(f"stopping after step {step} (train.stop_after_step); run again to resume")
         break
   finally:
     # Saves are asynchronous: let the last one land even if the loop failed.
@@ -215,6 +216,8 @@ def main(argv):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          auto=_DISTRIBUTED_AUTO.value)
+  if jax.process_index() != 0:  # one log for the whole run: process 0's
+    logging.getLogger().setLevel(logging.WARNING)
   config = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value or config.workdir)
   if _DRY_RUN.value:
@@ -222,6 +225,8 @@ def main(argv):
     return
   summary = train(config, workdir)
   best = summary["best_dev"]
+  if jax.process_index() != 0:
+    return
   print(f"\ndone: {summary['steps']} steps in {summary['wall_seconds']} s; best dev "
         f"(step {best.get('step')}): F1 {100 * best.get('f1', 0):.2f} / Ign F1 "
         f"{100 * best.get('ign_f1', 0):.2f} at τ={best.get('threshold')}, "
