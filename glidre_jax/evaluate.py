@@ -88,11 +88,13 @@ def to_predictions(candidates: Candidates, docs: Sequence[Document],
 
 
 def evaluate_candidates(candidates: Candidates, docs: Sequence[Document],
-                        schema: RelationSchema, train_docs: Sequence[Document] = (),
-                        threshold: float = 0.5, sweep: Sequence[float] = ()) -> dict:
-  """Scores at `threshold` and the best threshold of `sweep` (dev selection)."""
+                        schema: RelationSchema, train=None, threshold: float = 0.5,
+                        sweep: Sequence[float] = ()) -> dict:
+  """Scores at `threshold` and the best threshold of `sweep` (dev selection).
+
+  `train`: `metrics.train_facts` of the training documents (for Ign F1).
+  """
   gold = metrics.gold_facts(docs, schema)
-  train = metrics.train_facts(train_docs, schema) if train_docs else None
   at = lambda tau: metrics.score(to_predictions(candidates, docs, schema, tau), gold,
                                  train=train)
   fixed = at(threshold)
@@ -136,7 +138,8 @@ def main(argv=None):
   docs = run.read_split(split)
   threshold = run.config.eval.threshold if args.threshold is None else args.threshold
   candidates = run.score(docs, progress=run_setup.progress_bar(f"predict {split}"))
-  result = evaluate_candidates(candidates, docs, run.schema, run.train_docs(),
+  train = metrics.train_facts(run.train_docs(), run.schema)
+  result = evaluate_candidates(candidates, docs, run.schema, train,
                                threshold, tuple(run.config.eval.sweep))
   print(f"{split} ({len(docs)} documents): {format_scores(result)}")
   if args.output:

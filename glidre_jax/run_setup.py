@@ -125,6 +125,46 @@ class DataSetup:
     return featurize_lib.label_batch(self.label_tokenizer, list(self.schema.names),
                                      max_length=self.config.model.label_max_length)
 
+  def restricted(self, relation_ids: Sequence[str]) -> "DataSetup":
+    """The same data seen through a subset of the relations: the label set
+    shrinks and documents lose the facts of the other relations."""
+    schema = self.schema.without(*(r for r in self.schema.ids if r not in set(relation_ids)))
+    names = frozenset(schema.names)
+    decode = self.decode
+    return dataclasses.replace(self, schema=schema, decode=lambda record: dataclasses.replace(
+        doc := decode(record), relations=tuple(r for r in doc.relations if r.label in names)))
+
+
+def held_out_relations(config, schema: RelationSchema) -> tuple[str, ...]:
+  """Relation ids kept out of training and evaluated alone (zero-shot).
+
+  `data.held_out_relations`: "" (none), "P17,P131,..." or "random:N" (N ids
+  drawn with data.subset_seed).
+  """
+  spec = (config.data.get("held_out_relations") or "").strip()
+  if not spec:
+    return ()
+  if spec.startswith("random:"):
+    count = int(spec.split(":", 1)[1])
+    if not 0 < count < schema.num_labels:
+      raise ValueError(f"data.held_out_relations={spec!r}: N must be in [1, {schema.num_labels})")
+    picked = set(np.random.default_rng(config.data.subset_seed).choice(
+        schema.ids, count, replace=False).tolist())
+    return tuple(r for r in schema.ids if r in picked)
+  ids = tuple(r.strip() for r in spec.split(",") if r.strip())
+  schema.without(*ids)  # unknown ids raise, naming the id
+  return ids
+
+
+def zero_shot_split(data: DataSetup) -> tuple[DataSetup, DataSetup]:
+  """(training data, evaluation data) of a config; the same object twice
+  unless relations are held out."""
+  held = held_out_relations(data.config, data.schema)
+  if not held:
+    return data, data
+  seen = [r for r in data.schema.ids if r not in held]
+  return data.restricted(seen), data.restricted(held)
+
 
 def load_schema(config) -> RelationSchema:
   """The relation label set of a config's dataset."""
@@ -234,4 +274,5 @@ def load_run(workdir, which: str = "best", *, data_dir: str | None = None) -> Lo
   if data_dir is not None:
     config.data.data_dir = data_dir
   config, graphdef, params, rest = restore_weights(workdir, which, config)
-  return LoadedRun(config, data_setup(config), params, rest, trainer.Predictor(graphdef))
+  _, eval_data = zero_shot_split(data_setup(config))  # held-out relations, if any
+  return LoadedRun(config, eval_data, params, rest, trainer.Predictor(graphdef))

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from glidre_jax import (checkpointing, distributed, evaluate, run_setup, sharding,
+from glidre_jax import (checkpointing, distributed, evaluate, metrics, run_setup, sharding,
                         trainer as trainer_lib)
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import pipeline
@@ -48,8 +48,8 @@ def peak_rss_mb() -> float:
 class Evaluator:
   """Dev-set scoring; documents are featurized once for the whole run."""
 
-  def __init__(self, predictor, data: run_setup.DataSetup, docs, train_docs):
-    self.predictor, self.data, self.docs, self.train_docs = predictor, data, docs, train_docs
+  def __init__(self, predictor, data: run_setup.DataSetup, docs, train_facts):
+    self.predictor, self.data, self.docs, self.train_facts = predictor, data, docs, train_facts
     self.features = data.features(docs)
 
   def __call__(self, state) -> dict:
@@ -57,7 +57,7 @@ class Evaluator:
     candidates = evaluate.score_split(self.predictor, state.params, state.rest, self.data,
                                       self.features)
     return evaluate.evaluate_candidates(candidates, self.docs, self.data.schema,
-                                        self.train_docs, cfg.eval.threshold,
+                                        self.train_facts, cfg.eval.threshold,
                                         tuple(cfg.eval.sweep))
 
 
@@ -66,18 +66,19 @@ def train(config, workdir: pathlib.Path) -> dict:
   t_start = time.time()
   is_main = jax.process_index() == 0
   run_setup.save_config(config, workdir) if is_main else None
-  data = run_setup.data_setup(config)
+  data, eval_data = run_setup.zero_shot_split(run_setup.data_setup(config))
   d, tc = config.data, config.train
 
   train_source = data.source(d.train_split)
   subset = pipeline.subset_indices(len(train_source), d.subset_size or None, d.subset_seed)
   train_docs = [data.decode(train_source[int(i)]) for i in subset]
-  eval_docs = data.read_split(d.eval_split)
+  eval_docs = eval_data.read_split(d.eval_split)
   if config.eval.max_docs:
     eval_docs = eval_docs[:config.eval.max_docs]
-  log.info("train %s: %d documents; eval %s: %d documents; %d relation labels",
-           d.train_split, len(train_docs), d.eval_split, len(eval_docs),
-           data.schema.num_labels)
+  log.info("train %s: %d documents, %d relation labels; eval %s: %d documents, %d labels%s",
+           d.train_split, len(train_docs), data.schema.num_labels, d.eval_split,
+           len(eval_docs), eval_data.schema.num_labels,
+           " (held out of training: zero-shot)" if eval_data is not data else "")
 
   dataset = pipeline.build_dataset(
       train_source, tokenizer=data.tokenizer, label_tokenizer=data.label_tokenizer,
@@ -101,7 +102,8 @@ def train(config, workdir: pathlib.Path) -> dict:
       start_step, state = restored
       log.info("resumed from step %d", start_step)
   best = checkpoints.best_scores() or {"best_f1": -1.0}
-  evaluator = Evaluator(trainer.predictor, data, eval_docs, train_docs)
+  evaluator = Evaluator(trainer.predictor, eval_data, eval_docs,
+                        metrics.train_facts(train_docs, data.schema))
   writer = _summary_writer(workdir) if is_main else None
   losses_logged = []
 
@@ -116,14 +118,14 @@ def train(config, workdir: pathlib.Path) -> dict:
       steps_timed += 1
       bar.update(1)
       if step % tc.log_every == 0 or step == tc.steps:
-        metrics, state = trainer.fetch_metrics(state)
+        logged, state = trainer.fetch_metrics(state)
         rate = steps_timed / (time.time() - t_steps)
         t_steps, steps_timed = time.time(), 0
-        losses_logged.append((step, metrics["loss"]))
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{rate:.2f}")
+        losses_logged.append((step, logged["loss"]))
+        bar.set_postfix(loss=f"{logged['loss']:.4f}", steps_s=f"{rate:.2f}")
         if writer:
-          writer.add_scalar("train/loss", metrics["loss"], step)
-          writer.add_scalar("train/grad_norm", metrics["grad_norm"], step)
+          writer.add_scalar("train/loss", logged["loss"], step)
+          writer.add_scalar("train/grad_norm", logged["grad_norm"], step)
           writer.add_scalar("train/steps_per_second", rate, step)
       if step % tc.eval_every == 0 or step == tc.steps:
         scores = evaluator(state)
