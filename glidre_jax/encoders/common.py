@@ -75,3 +75,34 @@ class Dropout(nnx.Dropout):
     if self.rate == 0:
       return x
     return super().__call__(x, **kwargs)
+
+
+class Intermediate(nnx.Module):
+  """dense -> activation: HF's BertIntermediate / DebertaV2Intermediate.
+
+  `cfg` is any encoder config with hidden_size, intermediate_size, hidden_act.
+  """
+
+  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+    self.dense = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, rngs=rngs)
+    self.act = activation(cfg.hidden_act)
+
+  def __call__(self, x):
+    return self.act(self.dense(x))
+
+
+class ResidualOutput(nnx.Module):
+  """dense -> dropout -> residual LayerNorm: HF's *SelfOutput and *Output.
+
+  `cfg` is any encoder config with hidden_size, layer_norm_eps,
+  hidden_dropout_prob.
+  """
+
+  def __init__(self, d_in: int, cfg, *, dtype, rngs: nnx.Rngs):
+    self.dense = nnx.Linear(d_in, cfg.hidden_size, dtype=dtype, rngs=rngs)
+    self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
+                                   dtype=dtype, rngs=rngs)
+    self.dropout = Dropout(cfg.hidden_dropout_prob, rngs=rngs)
+
+  def __call__(self, x, residual):
+    return self.LayerNorm(self.dropout(self.dense(x)) + residual)

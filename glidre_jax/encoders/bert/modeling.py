@@ -86,47 +86,25 @@ class BertSelfAttention(nnx.Module):
     return context.reshape(b, l, -1), probs
 
 
-class BertSelfOutput(nnx.Module):
-  """dense -> dropout -> residual LayerNorm (also BertOutput's shape)."""
-
-  def __init__(self, d_in: int, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
-    self.dense = nnx.Linear(d_in, cfg.hidden_size, dtype=dtype, rngs=rngs)
-    self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
-                                   dtype=dtype, rngs=rngs)
-    self.dropout = common.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
-
-  def __call__(self, x, residual):
-    return self.LayerNorm(self.dropout(self.dense(x)) + residual)
-
 
 class BertAttention(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
     self.self = BertSelfAttention(cfg, dtype=dtype, rngs=rngs)
-    self.output = BertSelfOutput(cfg.hidden_size, cfg, dtype=dtype, rngs=rngs)
+    self.output = common.ResidualOutput(cfg.hidden_size, cfg, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, attention_mask):
     context, probs = self.self(x, attention_mask)
     return self.output(context, x), probs
 
 
-class BertIntermediate(nnx.Module):
-
-  def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
-    self.dense = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, dtype=dtype,
-                            rngs=rngs)
-    self.act = common.activation(cfg.hidden_act)
-
-  def __call__(self, x):
-    return self.act(self.dense(x))
-
 
 class BertLayer(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
     self.attention = BertAttention(cfg, dtype=dtype, rngs=rngs)
-    self.intermediate = BertIntermediate(cfg, dtype=dtype, rngs=rngs)
-    self.output = BertSelfOutput(cfg.intermediate_size, cfg, dtype=dtype,
+    self.intermediate = common.Intermediate(cfg, dtype=dtype, rngs=rngs)
+    self.output = common.ResidualOutput(cfg.intermediate_size, cfg, dtype=dtype,
                                  rngs=rngs)
 
   def __call__(self, x, attention_mask):

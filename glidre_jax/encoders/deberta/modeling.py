@@ -266,47 +266,25 @@ class DisentangledSelfAttention(nnx.Module):
     return context.reshape(*x.shape[:-1], -1), probs
 
 
-class DebertaV2SelfOutput(nnx.Module):
-  """dense -> dropout -> residual LayerNorm (also DebertaV2Output's shape)."""
-
-  def __init__(self, d_in: int, cfg: DebertaV2Config, *, dtype, rngs: nnx.Rngs):
-    self.dense = nnx.Linear(d_in, cfg.hidden_size, dtype=dtype, rngs=rngs)
-    self.LayerNorm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
-                                   dtype=dtype, rngs=rngs)
-    self.dropout = common.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
-
-  def __call__(self, x, residual):
-    return self.LayerNorm(self.dropout(self.dense(x)) + residual)
-
 
 class DebertaV2Attention(nnx.Module):
 
   def __init__(self, cfg: DebertaV2Config, *, dtype, rngs: nnx.Rngs):
     self.self = DisentangledSelfAttention(cfg, dtype=dtype, rngs=rngs)
-    self.output = DebertaV2SelfOutput(cfg.hidden_size, cfg, dtype=dtype, rngs=rngs)
+    self.output = common.ResidualOutput(cfg.hidden_size, cfg, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, pair_mask, rel_pos, rel_embeddings):
     context, probs = self.self(x, pair_mask, rel_pos, rel_embeddings)
     return self.output(context, x), probs
 
 
-class DebertaV2Intermediate(nnx.Module):
-
-  def __init__(self, cfg: DebertaV2Config, *, dtype, rngs: nnx.Rngs):
-    self.dense = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, dtype=dtype,
-                            rngs=rngs)
-    self.act = common.activation(cfg.hidden_act)
-
-  def __call__(self, x):
-    return self.act(self.dense(x))
-
 
 class DebertaV2Layer(nnx.Module):
 
   def __init__(self, cfg: DebertaV2Config, *, dtype, rngs: nnx.Rngs):
     self.attention = DebertaV2Attention(cfg, dtype=dtype, rngs=rngs)
-    self.intermediate = DebertaV2Intermediate(cfg, dtype=dtype, rngs=rngs)
-    self.output = DebertaV2SelfOutput(cfg.intermediate_size, cfg, dtype=dtype,
+    self.intermediate = common.Intermediate(cfg, dtype=dtype, rngs=rngs)
+    self.output = common.ResidualOutput(cfg.intermediate_size, cfg, dtype=dtype,
                                       rngs=rngs)
 
   def __call__(self, x, pair_mask, rel_pos, rel_embeddings):
