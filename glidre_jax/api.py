@@ -152,11 +152,13 @@ class GLiDREPredictor:
           entities=max(featurize_lib.feature_shape(features[i])[2] for i in single))
       collate = lambda docs, label_batch: featurize_lib.collate(
           docs, buckets, label_batch, batch_size)
-      chunks += _chunks(single, featurize_lib.feature_shape, features, batch_size, collate)
+      chunks += [(c, collate) for c in featurize_lib.size_sorted_batches(
+          features, batch_size, single)]
     if windowed:
       collate = lambda docs, label_batch: windows.collate_windows(
           docs, self.buckets, label_batch, batch_size, self.max_length)
-      chunks += _chunks(windowed, windows.window_shape, features, batch_size, collate)
+      chunks += [(c, collate) for c in featurize_lib.size_sorted_batches(
+          features, batch_size, windowed, windows.window_shape)]
     for chunk, collate in (progress(chunks) if progress else chunks):
       label_batch, vectors = self.label_vectors(labels, cache=cache_labels)
       batch = collate([features[i] for i in chunk], label_batch)
@@ -207,9 +209,3 @@ class GLiDREPredictor:
       for i, triples in zip(chunk, rows):
         out[i] = triples
     return out
-
-
-def _chunks(indices: list[int], shape, features, batch_size: int, collate) -> list:
-  """Batches of `indices` sorted by feature shape, each with its collate function."""
-  order = sorted(indices, key=lambda i: shape(features[i]))
-  return [(order[s:s + batch_size], collate) for s in range(0, len(order), batch_size)]

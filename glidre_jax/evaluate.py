@@ -46,12 +46,9 @@ def score_documents(predict: Callable[[dict], np.ndarray], features: Sequence[di
   little padding is computed; results are keyed by the original index.
   """
   num_labels = int(np.sum(label_batch["label_mask"]))
-  order = sorted(range(len(features)),
-                 key=lambda i: featurize_lib.feature_shape(features[i]))
   found = {k: [] for k in ("doc", "head", "tail", "label", "score")}
-  steps = range(0, len(order), batch_size)
-  for start in (progress(steps) if progress else steps):
-    chunk = order[start:start + batch_size]
+  chunks = featurize_lib.size_sorted_batches(features, batch_size)
+  for chunk in (progress(chunks) if progress else chunks):
     batch = featurize_lib.collate([features[i] for i in chunk], buckets, label_batch,
                                   batch_size)
     probs = np.asarray(predict(batch))

@@ -178,6 +178,15 @@ def feature_shape(feat: Mapping) -> tuple[int, int, int]:
   return (len(feat["input_ids"]), len(feat["word_index"]), len(feat["entity_mask"]))
 
 
+def size_sorted_batches(features: Sequence[Mapping], batch_size: int,
+                        indices: Sequence[int] | None = None,
+                        shape: Callable[[Mapping], tuple] = feature_shape) -> list[list[int]]:
+  """Indices of `features` in batches of similar shape: few buckets, little padding."""
+  indices = range(len(features)) if indices is None else indices
+  order = sorted(indices, key=lambda i: shape(features[i]))
+  return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 def collate(features: Sequence[Mapping | None], buckets: Buckets,
             label_batch: Mapping[str, np.ndarray], batch_size: int | None = None
             ) -> dict[str, np.ndarray]:
