@@ -31,12 +31,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       pair_chunk_size=0))  # >0: score pairs in blocks (memory bounded in E)
 
   c.data = ml_collections.ConfigDict(dict(
-      dataset="redocred",  # "redocred" | "cdr" | "glidre" (open-label JSON)
+      dataset="redocred",  # "redocred" | "cdr" | "glidre" (your own GLiDRE-format files)
       # None: the Re-DocRED dev split shipped in glidre_jax/assets. A directory
       # with {train,dev,test}_revised.json (or CDR's {train,dev}.json) otherwise.
       data_dir=config_dict.placeholder(str),
       rel_info=config_dict.placeholder(str),  # None: the shipped relation names
       tfds_dir=config_dict.placeholder(str),  # where TFDS prepares array_record files (None: ~/tensorflow_datasets)
+      # dataset="glidre": JSON/JSONL files, the splits "train", "dev", "test".
+      train_file=config_dict.placeholder(str),
+      eval_file=config_dict.placeholder(str),
+      test_file=config_dict.placeholder(str),
+      labels_file=config_dict.placeholder(str),  # one name per line; None: names in train_file
       train_split="dev[:400]",
       eval_split="dev[400:]",
       subset_size=0,  # >0: N training documents drawn with subset_seed
@@ -48,10 +53,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       batch_size=4,
       eval_batch_size=8,
       shuffle_seed=0,
-      sort_window=8,
+      sort_window=8,  # batches per window sorted by length (less padding); 0: off
       # Zero-shot: "P17,P131,..." or "random:N" relations left out of training
       # (their facts removed) and evaluated alone.
-      held_out_relations="",  # batches per window sorted by length (less padding); 0: off
+      held_out_relations="",
+      # Open labels (pre-training): each batch is scored on its documents' own
+      # relation names plus in-batch negatives, K padded to label_buckets and
+      # the padding filled with names drawn from the training vocabulary.
+      open_labels=False,
+      label_buckets=(16, 32, 64),
+      fill_negatives=True,
   ))
 
   c.train = ml_collections.ConfigDict(dict(

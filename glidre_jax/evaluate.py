@@ -135,7 +135,7 @@ def main(argv=None):
   docs = run.read_split(split)
   threshold = run.config.eval.threshold if args.threshold is None else args.threshold
   candidates = run.score(docs, progress=run_setup.progress_bar(f"predict {split}"))
-  train = metrics.train_facts(run.train_docs(), run.schema)
+  train = run.train_facts()
   result = evaluate_candidates(candidates, docs, run.schema, train,
                                threshold, tuple(run.config.eval.sweep))
   print(f"{split} ({len(docs)} documents): {format_scores(result)}")

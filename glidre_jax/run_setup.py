@@ -19,8 +19,9 @@ import numpy as np
 from flax import nnx
 
 from glidre_jax import encoders
-from glidre_jax.data import assets, tfds_builders
+from glidre_jax.data import assets, local_files, tfds_builders
 from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data.open_labels import OpenLabels
 from glidre_jax.data.documents import Document
 from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data.tokenize import load_tokenizer, minilm_path
@@ -29,6 +30,7 @@ from glidre_jax.model.glidre import GLiDRE
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DATASETS = {"redocred": tfds_builders.ReDocRED, "cdr": tfds_builders.CDR}
+OPEN_DATASET = "glidre"  # the user's own GLiDRE-format files (data/local_files.py)
 
 
 def progress_bar(desc: str):
@@ -89,13 +91,18 @@ def abstract_model(config) -> GLiDRE:
 
 @dataclasses.dataclass
 class DataSetup:
-  """Tokenizers, relation schema and split readers of a config."""
+  """Tokenizers, relation schema and split readers of a config.
+
+  `builder` is a prepared TFDS builder, or `local_files.GLiDREFiles`;
+  `eval_schema` is set when evaluation uses other labels than training.
+  """
   config: ml_collections.ConfigDict
   schema: RelationSchema
   tokenizer: object
   label_tokenizer: object
   builder: object
   decode: object
+  eval_schema: RelationSchema | None = None
 
   @property
   def buckets(self) -> featurize_lib.Buckets:
@@ -109,7 +116,17 @@ class DataSetup:
       return featurize_lib.type_pair_filter([("CHEM", "DISE")])
     return None
 
+  @property
+  def open_labels(self) -> OpenLabels | None:
+    """Per-batch label sets for training (data.open_labels), else None."""
+    d = self.config.data
+    if not d.get("open_labels", False):
+      return None
+    return OpenLabels(tuple(d.label_buckets), d.fill_negatives, d.shuffle_seed)
+
   def source(self, split: str):
+    if isinstance(self.builder, local_files.GLiDREFiles):
+      return self.builder.source(split)
     return tfds_builders.data_source(self.builder, split)
 
   def read_split(self, split: str) -> list[Document]:
@@ -158,19 +175,28 @@ def held_out_relations(config, schema: RelationSchema) -> tuple[str, ...]:
 
 def zero_shot_split(data: DataSetup) -> tuple[DataSetup, DataSetup]:
   """(training data, evaluation data) of a config; the same object twice
-  unless relations are held out."""
+  unless relations are held out or evaluation has its own label set."""
   held = held_out_relations(data.config, data.schema)
-  if not held:
-    return data, data
-  seen = [r for r in data.schema.ids if r not in held]
-  return data.restricted(seen), data.restricted(held)
+  if held:
+    if data.eval_schema is not None:
+      raise ValueError("data.held_out_relations needs one label set for training and "
+                       "evaluation; this config evaluates on its own (data.eval_file labels)")
+    seen = [r for r in data.schema.ids if r not in held]
+    return data.restricted(seen), data.restricted(held)
+  if data.eval_schema is not None and data.eval_schema != data.schema:
+    return data, dataclasses.replace(data, schema=data.eval_schema)
+  return data, data
 
 
 def load_schema(config) -> RelationSchema:
-  """The relation label set of a config's dataset."""
+  """The relation label set of a config's dataset (for open labels: the
+  training vocabulary)."""
   d = config.data
+  if d.dataset == OPEN_DATASET:
+    return _glidre_schemas(config, _glidre_files(config))[0]
   if d.dataset not in DATASETS:
-    raise ValueError(f"data.dataset must be one of {sorted(DATASETS)}, got {d.dataset!r}")
+    raise ValueError(f"data.dataset must be one of {sorted(DATASETS) + [OPEN_DATASET]}, "
+                     f"got {d.dataset!r}")
   if d.dataset == "redocred":
     return RelationSchema.from_file(d.rel_info or assets.asset_path("docred", "rel_info.json"))
   return RelationSchema.from_file(d.rel_info or assets.asset_path("cdr", "rel_info.json")
@@ -185,8 +211,40 @@ def load_tokenizers(config) -> tuple[object, object]:
   return text_tok, label_tok
 
 
+def _glidre_files(config) -> local_files.GLiDREFiles:
+  d = config.data
+  if not d.get("train_file"):
+    raise ValueError("data.dataset='glidre' needs data.train_file (GLiDRE-format JSON/JSONL)")
+  return local_files.GLiDREFiles({"train": d.train_file, "dev": d.get("eval_file"),
+                                  "test": d.get("test_file")})
+
+
+def _glidre_schemas(config, files: local_files.GLiDREFiles
+                    ) -> tuple[RelationSchema, RelationSchema | None]:
+  """(training labels, evaluation labels or None for the same).
+
+  data.labels_file fixes both. Otherwise training uses the names found in the
+  training file; with open labels, evaluation uses those of the eval file
+  (which may hold names never trained on), else the training ones.
+  """
+  d = config.data
+  if d.get("labels_file"):
+    return local_files.schema_of(local_files.read_label_file(d.labels_file), d.labels_file), None
+  train = local_files.schema_of(local_files.relation_names(files.documents("train")),
+                                f"relation names of {d.train_file}")
+  if d.get("open_labels") and d.get("eval_file"):
+    return train, local_files.schema_of(local_files.relation_names(files.documents("dev")),
+                                        f"relation names of {d.eval_file}")
+  return train, None
+
+
 def data_setup(config) -> DataSetup:
   d = config.data
+  if d.dataset == OPEN_DATASET:
+    files = _glidre_files(config)
+    schema, eval_schema = _glidre_schemas(config, files)
+    text_tok, label_tok = load_tokenizers(config)
+    return DataSetup(config, schema, text_tok, label_tok, files, lambda doc: doc, eval_schema)
   schema = load_schema(config)
   if d.dataset == "redocred":
     local_dir = d.data_dir or assets.asset_path("redocred")
@@ -224,10 +282,11 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
 class LoadedRun:
   """A trained run rebuilt from its directory: config, data, weights, predictor."""
   config: ml_collections.ConfigDict
-  data: DataSetup
+  data: DataSetup  # evaluation view (held-out or eval-file labels)
   params: object
   rest: object
   predictor: object
+  train_data: DataSetup | None = None  # training view (default: `data`)
 
   @property
   def schema(self) -> RelationSchema:
@@ -239,10 +298,15 @@ class LoadedRun:
   def train_docs(self) -> list[Document]:
     """The documents the run trained on (their facts define Ign F1)."""
     from glidre_jax.data import pipeline
-    d = self.config.data
-    source = self.data.source(d.train_split)
+    d, data = self.config.data, self.train_data or self.data
+    source = data.source(d.train_split)
     subset = pipeline.subset_indices(len(source), d.subset_size or None, d.subset_seed)
-    return [self.data.decode(source[int(i)]) for i in subset]
+    return [data.decode(source[int(i)]) for i in subset]
+
+  def train_facts(self):
+    """Training facts for Ign F1, named as the training label set names them."""
+    from glidre_jax import metrics
+    return metrics.train_facts(self.train_docs(), (self.train_data or self.data).schema)
 
   def score(self, docs: Sequence[Document], progress=None):
     from glidre_jax import evaluate
@@ -274,5 +338,5 @@ def load_run(workdir, which: str = "best", *, data_dir: str | None = None) -> Lo
   if data_dir is not None:
     config.data.data_dir = data_dir
   config, graphdef, params, rest = restore_weights(workdir, which, config)
-  _, eval_data = zero_shot_split(data_setup(config))  # held-out relations, if any
-  return LoadedRun(config, eval_data, params, rest, trainer.Predictor(graphdef))
+  train_data, eval_data = zero_shot_split(data_setup(config))  # held-out relations, if any
+  return LoadedRun(config, eval_data, params, rest, trainer.Predictor(graphdef), train_data)

@@ -61,6 +61,14 @@ class Evaluator:
                                         tuple(cfg.eval.sweep))
 
 
+def _eval_note(config, own_labels: bool) -> str:
+  if not own_labels:
+    return ""
+  if config.data.get("held_out_relations"):
+    return " (held out of training: zero-shot)"
+  return " (the eval file's relation names)"
+
+
 def train(config, workdir: pathlib.Path) -> dict:
   """Runs the whole training; returns the summary it prints at the end."""
   t_start = time.time()
@@ -75,10 +83,11 @@ def train(config, workdir: pathlib.Path) -> dict:
   eval_docs = eval_data.read_split(d.eval_split)
   if config.eval.max_docs:
     eval_docs = eval_docs[:config.eval.max_docs]
-  log.info("train %s: %d documents, %d relation labels; eval %s: %d documents, %d labels%s",
-           d.train_split, len(train_docs), data.schema.num_labels, d.eval_split,
+  log.info("train %s: %d documents, %d relation labels%s; eval %s: %d documents, %d labels%s",
+           d.train_split, len(train_docs), data.schema.num_labels,
+           " (open: per-batch label sets)" if data.open_labels else "", d.eval_split,
            len(eval_docs), eval_data.schema.num_labels,
-           " (held out of training: zero-shot)" if eval_data is not data else "")
+           _eval_note(config, eval_data is not data))
 
   dataset = pipeline.build_dataset(
       train_source, tokenizer=data.tokenizer, label_tokenizer=data.label_tokenizer,
@@ -86,7 +95,7 @@ def train(config, workdir: pathlib.Path) -> dict:
       max_length=d.max_length, label_max_length=config.model.label_max_length,
       decode=data.decode, train=True, seed=d.shuffle_seed, sort_window=d.sort_window,
       subset_size=d.subset_size or None, subset_seed=d.subset_seed,
-      pair_filter=data.pair_filter)
+      pair_filter=data.pair_filter, open_labels=data.open_labels)
   iterator = pipeline.make_iterator(dataset)
 
   model = run_setup.build_model(config)
@@ -179,10 +188,11 @@ def abstract_batch(config, num_labels: int) -> dict:
 
 def memory_report(config) -> str:
   """Compiles the train step for the largest bucket and reports its memory."""
-  schema = run_setup.load_schema(config)
+  num_labels = (max(config.data.label_buckets) if config.data.get("open_labels")
+                else run_setup.load_schema(config).num_labels)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train, mesh)
-  batch = abstract_batch(config, schema.num_labels)
+  batch = abstract_batch(config, num_labels)
   placed = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=(
       trainer.batch_sharding if len(v.shape) and k in batch_lib.DOC_FIELDS
       else sharding.named(mesh))) for k, v in batch.items()}

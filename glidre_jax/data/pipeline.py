@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from glidre_jax.data import batch as batch_lib
+from glidre_jax.data import open_labels as open_labels_lib
 from glidre_jax.data.documents import Document
 from glidre_jax.data.featurize import (Buckets, PairFilter, batch_stats, collate, featurize,
                                        label_batch)
@@ -133,7 +134,8 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
                   seed: int = 0, num_epochs: int | None = None,
                   subset_size: int | None = None, subset_seed: int = 0,
                   pair_filter: PairFilter | None = None, empty_words: str = "unk",
-                  shard_index: int | None = None, num_shards: int | None = None
+                  shard_index: int | None = None, num_shards: int | None = None,
+                  open_labels: open_labels_lib.OpenLabels | None = None
                   ) -> grain.MapDataset:
   """MapDataset of padded batches (dicts of batch.py fields plus "meta").
 
@@ -149,52 +151,86 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
   shard_index / num_shards: default to jax.process_index() / process_count().
     Training batches are slices of global batches (see ProcessSlice), so a
     run sees the same data on any number of processes.
-  "meta" holds doc_index [B] (position in `source`, -1 for padding), titles
-  and the summed truncation counters of featurize.STAT_KEYS.
+  open_labels: per-batch label sets (training only): each global batch is
+    scored on its documents' own relation names plus negatives, K padded to
+    open_labels.buckets; `label_names` is then the vocabulary negatives are
+    drawn from. None: every batch uses all of `label_names`.
+  "meta" holds doc_index [B] (position in `source`, -1 for padding), titles,
+  the label_names of the label columns and the summed truncation counters of featurize.STAT_KEYS.
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   if not train and num_epochs not in (None, 1):
     raise ValueError("num_epochs only applies to training (train=True)")
+  if open_labels is not None and not train:
+    raise ValueError("open_labels builds training batches; evaluate on a fixed label set")
   shard, shards = _process_shard(shard_index, num_shards)
   subset = subset_indices(len(source), subset_size, subset_seed)
   label_index = {name: k for k, name in enumerate(label_names)}
   if len(label_index) != len(label_names):
     raise ValueError("label_names has duplicates")
-  labels = label_batch(label_tokenizer or tokenizer, list(label_names), max_length=label_max_length,
-                       num_labels=num_labels)
+  label_tokenizer = label_tokenizer or tokenizer
+  fixed_labels = None if open_labels else label_batch(
+      label_tokenizer, list(label_names), max_length=label_max_length, num_labels=num_labels)
+  read = (lambda i: source[i]) if decode is None else (lambda i: decode(source[i]))
 
-  def load(index: int) -> dict | None:
+  def load(position_and_index) -> dict | None:
+    batch_number, index = position_and_index
     index = int(index)
     if index < 0:
       return None  # shard padding
-    doc = source[index] if decode is None else decode(source[index])
-    feat = featurize(doc, tokenizer, label_index, max_length, pair_filter=pair_filter,
-                     empty_words=empty_words)
+    doc = read(index)
+    own = open_labels_lib.document_label_names(doc.relations) if open_labels else None
+    feat = featurize(doc, tokenizer, label_index if own is None else
+                     {name: k for k, name in enumerate(own)}, max_length,
+                     pair_filter=pair_filter, empty_words=empty_words)
     if feat["dropped_entities"]:
       log.warning("document %r: %d entities lost every mention to truncation at %d subwords",
                   doc.title, feat["dropped_entities"], max_length)
-    feat["doc_index"] = index
+    feat.update(doc_index=index, batch_number=batch_number, label_names=own)
     return feat
 
+  def open_label_batch(features: Sequence[dict | None]) -> tuple[list, tuple, dict]:
+    """The batch's features remapped to its label set, the names, and the label side."""
+    batch_number = next(f["batch_number"] for f in features if f is not None)
+    docs = open_labels_lib.global_batch(order, batch_number, batch_size * shards)
+    names, k = open_labels.batch_names(
+        (n for i in docs for n in doc_labels[i]), label_names, batch_number,
+        titles=[f["title"] for f in features if f is not None])
+    index = {name: j for j, name in enumerate(names)}
+    features = [None if f is None else open_labels_lib.remap_labels(f, index, k)
+                for f in features]
+    return features, names, label_batch(label_tokenizer, list(names),
+                                        max_length=label_max_length, num_labels=k)
+
   def to_batch(features: Sequence[dict | None]) -> dict:
+    names, labels = tuple(label_names), fixed_labels
+    if open_labels:
+      features, names, labels = open_label_batch(features)
     out = collate(features, buckets, labels, batch_size)
     doc_index = np.full(batch_size, -1, np.int32)
     doc_index[:len(features)] = [-1 if f is None else f["doc_index"] for f in features]
     titles = tuple("" if f is None else f["title"] for f in features)
     out["meta"] = {"doc_index": doc_index, "titles": titles + ("",) * (batch_size - len(titles)),
-                   **batch_stats(features)}
+                   "label_names": names, **batch_stats(features)}
     return out
 
   if train:
-    sizes = None
-    if sort_window > 1:
-      read = (lambda i: source[i]) if decode is None else (lambda i: decode(source[i]))
-      sizes = {int(i): read(int(i)).num_words for i in subset}
-    order = EpochOrder(subset, sizes, batch_size * shards, sort_window, seed, num_epochs)
-    ds = grain.MapDataset.source(ProcessSlice(order, batch_size, shard, shards))
+    sizes = doc_labels = None
+    if sort_window > 1 or open_labels:
+      docs = {int(i): read(int(i)) for i in subset}  # one pass over the training documents
+      sizes = {i: doc.num_words for i, doc in docs.items()}
+      doc_labels = {i: open_labels_lib.document_label_names(doc.relations)
+                    for i, doc in docs.items()}
+      del docs
+    order = EpochOrder(subset, sizes if sort_window > 1 else None, batch_size * shards,
+                       sort_window, seed, num_epochs)
+    positions = ProcessSlice(order, batch_size, shard, shards)
   else:
-    ds = grain.MapDataset.source(shard_indices(subset, shard, shards).tolist())
+    positions = shard_indices(subset, shard, shards).tolist()
+  # Each element carries its batch number: open label sets are per global batch.
+  ds = grain.MapDataset.source(positions).map_with_index(
+      lambda i, index: (i // batch_size, index))
   return ds.map(load).batch(batch_size, batch_fn=to_batch)
 
 
