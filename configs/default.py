@@ -46,7 +46,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       eval_split="dev[400:]",
       subset_size=0,  # >0: N training documents drawn with subset_seed
       subset_seed=0,
-      max_length=512,  # subwords per document
+      max_length=512,  # subwords per document (per window)
+      # Evaluation: >0 encodes documents over max_length subwords in windows
+      # starting every window_stride subwords (none truncated); 0 truncates.
+      window_stride=0,
       seq_buckets=(256, 512),
       word_buckets=(128, 256, 512),
       entity_buckets=(16, 32, 48),

@@ -126,10 +126,8 @@ class GLiDREPredictor:
   def featurize(self, docs: Sequence[Document]) -> list[dict]:
     """Unpadded features (no gold labels), windowed for long documents when
     `stride` is set; warns about entities lost to truncation otherwise."""
-    feats = [featurize_lib.featurize(doc, self.tokenizer, {}, self.max_length) for doc in docs]
-    if self.stride:
-      feats = [windows.featurize_windows(doc, self.tokenizer, self.max_length, self.stride)
-               if f["dropped_words"] else f for doc, f in zip(docs, feats)]
+    feats = [windows.featurize_long(doc, self.tokenizer, {}, self.max_length, self.stride or 0)
+             for doc in docs]
     lost = [(f["title"], f["dropped_entities"]) for f in feats if f["dropped_entities"]]
     if lost:
       warnings.warn(f"{sum(n for _, n in lost)} entities in {len(lost)} document(s) (first: "
@@ -137,28 +135,13 @@ class GLiDREPredictor:
                     "no predictions", stacklevel=3)
     return feats
 
-
   def _batches(self, features: Sequence[dict], labels: Sequence[str], batch_size: int,
                cache_labels: bool, progress: Callable | None
                ) -> Iterator[tuple[list[int], dict, np.ndarray]]:
     """(document indices, padded batch, probabilities [B, E, E, K]) per batch,
     documents grouped by size (few bucket shapes, little padding); windowed
     documents batch apart from the others."""
-    windowed = [i for i, f in enumerate(features) if windows.is_windowed(f)]
-    single = [i for i, f in enumerate(features) if not windows.is_windowed(f)]
-    chunks = []
-    if single:  # the run's buckets; a larger entity bucket when a document needs one
-      buckets = self.buckets.grown(
-          entities=max(featurize_lib.feature_shape(features[i])[2] for i in single))
-      collate = lambda docs, label_batch: featurize_lib.collate(
-          docs, buckets, label_batch, batch_size)
-      chunks += [(c, collate) for c in featurize_lib.size_sorted_batches(
-          features, batch_size, single)]
-    if windowed:
-      collate = lambda docs, label_batch: windows.collate_windows(
-          docs, self.buckets, label_batch, batch_size, self.max_length)
-      chunks += [(c, collate) for c in featurize_lib.size_sorted_batches(
-          features, batch_size, windowed, windows.window_shape)]
+    chunks = windows.plan_batches(features, self.buckets, batch_size, self.max_length)
     for chunk, collate in (progress(chunks) if progress else chunks):
       label_batch, vectors = self.label_vectors(labels, cache=cache_labels)
       batch = collate([features[i] for i in chunk], label_batch)

@@ -17,6 +17,7 @@ import numpy as np
 
 from glidre_jax import metrics
 from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data import windows
 from glidre_jax.data.documents import Document
 from glidre_jax.data.relations import RelationSchema
 
@@ -39,18 +40,19 @@ class Candidates:
 
 def score_documents(predict: Callable[[dict], np.ndarray], features: Sequence[dict],
                     buckets: featurize_lib.Buckets, label_batch: dict,
-                    batch_size: int, progress: Callable | None = None) -> Candidates:
+                    batch_size: int, progress: Callable | None = None,
+                    window: int = 512) -> Candidates:
   """Runs `predict` (padded batch -> probabilities [B, E, E, K]) over documents.
 
   Documents are grouped by size so that few bucket shapes are compiled and
-  little padding is computed; results are keyed by the original index.
+  little padding is computed (windowed features, see `data.windows`, batch
+  apart in windows of `window` subwords); results keyed by original index.
   """
   num_labels = int(np.sum(label_batch["label_mask"]))
   found = {k: [] for k in ("doc", "head", "tail", "label", "score")}
-  chunks = featurize_lib.size_sorted_batches(features, batch_size)
-  for chunk in (progress(chunks) if progress else chunks):
-    batch = featurize_lib.collate([features[i] for i in chunk], buckets, label_batch,
-                                  batch_size)
+  chunks = windows.plan_batches(features, buckets, batch_size, window)
+  for chunk, collate in (progress(chunks) if progress else chunks):
+    batch = collate([features[i] for i in chunk], label_batch)
     probs = np.asarray(predict(batch))
     for row, doc_index in enumerate(chunk):
       f = features[doc_index]
@@ -72,7 +74,8 @@ def score_split(predictor, params, rest, data, features: Sequence[dict],
   label_vectors = predictor.label_step(params, rest, label_batch)
   predict = lambda batch: predictor.predict_step(params, rest, batch, label_vectors)
   return score_documents(predict, features, data.buckets, label_batch,
-                         data.config.data.eval_batch_size, progress=progress)
+                         data.config.data.eval_batch_size, progress=progress,
+                         window=data.config.data.max_length)
 
 
 def to_predictions(candidates: Candidates, docs: Sequence[Document],

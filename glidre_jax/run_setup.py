@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from glidre_jax import encoders
-from glidre_jax.data import assets, local_files, tfds_builders
+from glidre_jax.data import assets, local_files, tfds_builders, windows
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data.open_labels import OpenLabels
 from glidre_jax.data.documents import Document
@@ -133,10 +133,13 @@ class DataSetup:
     return [self.decode(record) for record in self.source(split)]
 
   def features(self, docs: Sequence[Document]) -> list[dict]:
+    """Evaluation features: documents over max_length subwords are windowed
+    when data.window_stride > 0 (no mention is lost), truncated otherwise."""
     index = {name: k for k, name in enumerate(self.schema.names)}
-    return [featurize_lib.featurize(doc, self.tokenizer, index,
-                                    self.config.data.max_length,
-                                    pair_filter=self.pair_filter) for doc in docs]
+    d = self.config.data
+    return [windows.featurize_long(doc, self.tokenizer, index, d.max_length,
+                                   d.get("window_stride", 0), pair_filter=self.pair_filter)
+            for doc in docs]
 
   def label_batch(self) -> dict:
     return featurize_lib.label_batch(self.label_tokenizer, list(self.schema.names),

@@ -303,6 +303,52 @@ def test_long_documents_keep_every_entity(predictor, dev_docs):
   np.testing.assert_allclose(scores[0], p.scores([RAW], LABELS)[0], rtol=1e-6, atol=1e-7)
 
 
+def test_evaluation_windows_long_documents(predictor, dev_docs, schema):
+  """Evaluation features of documents over max_length keep every entity and
+  every gold fact; scoring batches them in windows."""
+  from glidre_jax import evaluate
+  from glidre_jax.data import readers
+  tok = predictor.tokenizer
+  docs = [readers.docred_document(d, schema) for d in dev_docs[:3]]
+  index = {name: k for k, name in enumerate(schema.names)}
+  truncated = [featurize_lib.featurize(doc, tok, index, 128) for doc in docs]
+  assert all(f["dropped_entities"] and f["masked_labels"] for f in truncated)
+  feats = [windows.featurize_long(doc, tok, index, 128, 64) for doc in docs]
+  for doc, f in zip(docs, feats):
+    assert windows.is_windowed(f) and f["entity_mask"].all() and not f["masked_labels"]
+    assert f["labels"].sum() == len(doc.relations)
+  label_batch = featurize_lib.label_batch(predictor.label_tokenizer, list(schema.names[:4]))
+  predict = lambda batch: predictor.predictor.predict_step(predictor.params, predictor.rest,
+                                                           batch)
+  found = evaluate.score_documents(predict, feats, predictor.buckets, label_batch, 2,
+                                   window=128)
+  for i, doc in enumerate(docs):  # a random head scores ~0.5: every entity gets candidates
+    assert set(found.head[found.doc == i]) == set(range(len(doc.entities)))
+
+
+def test_cdr_long_documents_lose_no_mention(tok):
+  """CDR documents over 512 subwords: truncation drops mentions, windows keep all."""
+  from conftest import SHARED_DATA
+  from glidre_jax.data import readers, tfds_builders
+  path = SHARED_DATA / "cdr" / "dev.json"
+  if not path.exists():
+    pytest.skip(f"{path} not available")
+  cdr_schema = tfds_builders.cdr_schema()
+  docs = readers.normalize_cdr(readers.read_docred(path, cdr_schema, strict=False))
+  index = {name: k for k, name in enumerate(cdr_schema.names)}
+  long_docs = [d for d in docs
+               if featurize_lib.featurize(d, tok, index, 512)["dropped_words"]][:6]
+  assert len(long_docs) == 6
+  lost = [featurize_lib.featurize(d, tok, index, 512)["dropped_mentions"] for d in long_docs]
+  assert sum(lost) > 0
+  for doc in long_docs:
+    f = windows.featurize_long(doc, tok, index, 512, 256,
+                               pair_filter=featurize_lib.cdr_pair_filter)
+    assert f["input_ids"].shape[1] == 512 and f["dropped_mentions"] == 0
+    assert f["entity_mask"].all() and f["window_word_mask"].any(0).all()
+    assert f["labels"].sum() == len(doc.relations)
+
+
 # -- CLI --------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ The other document fields keep their single-pass meaning over all words.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -35,14 +35,16 @@ def special_layout(tokenizer) -> tuple[int, int]:
 
 
 def featurize_windows(doc: Document, tokenizer, window: int, stride: int, *,
-                      pair_filter=None) -> dict[str, np.ndarray]:
+                      label_index: Mapping[str, int] | None = None, pair_filter=None
+                      ) -> dict[str, np.ndarray]:
   """`featurize_lib.featurize` over all words, with the subwords in windows."""
   n_head, n_tail = special_layout(tokenizer)
   size = window - n_head - n_tail  # subwords of the document per window
   if size < 1 or not 0 < stride <= size:
     raise ValueError(f"stride must be in [1, {size}] for windows of {window} subwords "
                      f"({n_head + n_tail} special tokens), got {stride}")
-  feat = featurize_lib.featurize(doc, tokenizer, {}, _NO_LIMIT, pair_filter=pair_filter)
+  feat = featurize_lib.featurize(doc, tokenizer, label_index or {}, _NO_LIMIT,
+                                 pair_filter=pair_filter)
   ids = feat["input_ids"]
   content = ids[n_head:len(ids) - n_tail]
   total = len(content)
@@ -117,3 +119,43 @@ def collate_windows(features: Sequence[Mapping], buckets: featurize_lib.Buckets,
     out[name] = np.asarray(label_batch[name], np.int32)
   return out
 
+
+
+Collate = Callable[[Sequence[Mapping], Mapping[str, np.ndarray]], dict]
+
+
+def featurize_long(doc: Document, tokenizer, label_index: Mapping[str, int], max_length: int,
+                   stride: int, *, pair_filter=None) -> dict[str, np.ndarray]:
+  """Single-pass features, or windowed ones (stride > 0) when the document is
+  longer than max_length subwords, so that no word is truncated away."""
+  feat = featurize_lib.featurize(doc, tokenizer, label_index, max_length,
+                                 pair_filter=pair_filter)
+  if not stride or not feat["dropped_words"]:
+    return feat
+  return featurize_windows(doc, tokenizer, max_length, stride, label_index=label_index,
+                           pair_filter=pair_filter)
+
+
+def plan_batches(features: Sequence[Mapping], buckets: featurize_lib.Buckets, batch_size: int,
+                 window: int) -> list[tuple[list[int], Collate]]:
+  """(document indices, collate(features, label_batch)) per batch.
+
+  Documents are grouped by size (few bucket shapes, little padding);
+  windowed documents batch apart from single-pass ones, and the entity
+  bucket grows when a document needs a larger one.
+  """
+  windowed = [i for i, f in enumerate(features) if is_windowed(f)]
+  single = [i for i, f in enumerate(features) if not is_windowed(f)]
+  plan = []
+  if single:
+    grown = buckets.grown(
+        entities=max(featurize_lib.feature_shape(features[i])[2] for i in single))
+    collate = lambda docs, label_batch: featurize_lib.collate(docs, grown, label_batch,
+                                                              batch_size)
+    plan += [(c, collate) for c in featurize_lib.size_sorted_batches(features, batch_size, single)]
+  if windowed:
+    collate = lambda docs, label_batch: collate_windows(docs, buckets, label_batch, batch_size,
+                                                        window)
+    plan += [(c, collate) for c in featurize_lib.size_sorted_batches(
+        features, batch_size, windowed, window_shape)]
+  return plan
