@@ -87,6 +87,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       checkpoint_every=100,
       resume=True,
       stop_after_step=0,  # >0: checkpoint and stop there (time-sliced jobs); rerun resumes
+      profile_steps=0,  # >0: JAX profiler trace of that many steps in workdir/profile
   ))
 
   # Device mesh: documents split over 'data', entity pairs over 'model'

@@ -120,10 +120,15 @@ def train(config, workdir: pathlib.Path) -> dict:
                                         disable=not is_main)
   say = bar.write if is_main else (lambda *_: None)
   t_steps, steps_timed = time.time(), 0
+  profiler = _StepProfiler(workdir / "profile", start_step, tc.get("profile_steps", 0))
   try:
     for step in range(start_step + 1, tc.steps + 1):
       batch = next(iterator)
+      profiler.before(step)
       state = trainer.train_step(state, trainer.place(batch))
+      if profiler.after(step, state):
+        say(f"wrote a profiler trace of {tc.profile_steps} steps to {workdir / 'profile'} "
+            f"(tensorboard --logdir {workdir / 'profile'})")
       steps_timed += 1
       bar.update(1)
       if step % tc.log_every == 0 or step == tc.steps:
@@ -153,6 +158,7 @@ def train(config, workdir: pathlib.Path) -> dict:
         break
   finally:
     # Saves are asynchronous: let the last one land even if the loop failed.
+    profiler.close()
     bar.close()
     checkpoints.wait()
     checkpoints.close()
@@ -212,6 +218,35 @@ def memory_report(config) -> str:
     lines.append("  peak estimate (arguments + temporaries): "
                  + gib(mem.argument_size_in_bytes + mem.temp_size_in_bytes))
   return "\n".join(lines)
+
+
+class _StepProfiler:
+  """A JAX profiler trace (TensorBoard's profile plugin) of `num_steps` train
+  steps, started two steps in so that the first compilation stays out."""
+
+  def __init__(self, logdir: pathlib.Path, start_step: int, num_steps: int):
+    self.logdir, self.num_steps = logdir, num_steps
+    self.first = start_step + 3
+    self.last = self.first + num_steps - 1
+    self.active = False
+
+  def before(self, step: int) -> None:
+    if self.num_steps and step == self.first:
+      jax.profiler.start_trace(str(self.logdir))
+      self.active = True
+
+  def after(self, step: int, state) -> bool:
+    """True when the trace was just written."""
+    if not self.active or step != self.last:
+      return False
+    jax.block_until_ready(state)  # the traced steps have really run
+    self.close()
+    return True
+
+  def close(self) -> None:
+    if self.active:  # also when the run ends or fails mid-trace
+      jax.profiler.stop_trace()
+      self.active = False
 
 
 def _summary_writer(workdir: pathlib.Path):

@@ -33,7 +33,10 @@ def small_config(tmp_path, steps=4):
 
 def test_train_step_compiles_once_per_bucket_shape(tmp_path):
   import pathlib
-  summary = train_lib.train(small_config(tmp_path), pathlib.Path(tmp_path / "run"))
+  config = small_config(tmp_path)
+  config.train.profile_steps = 1  # and trace step 3 with the JAX profiler
+  summary = train_lib.train(config, pathlib.Path(tmp_path / "run"))
+  assert list((tmp_path / "run" / "profile").glob("plugins/profile/*/*.xplane.pb"))
   assert summary["train_step_compilations"] == 1  # 4 steps, one bucket shape
   assert summary["predict_compilations"] == 1
   assert len(summary["logged_losses"]) == 4
