@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import pathlib
 import warnings
 
 import numpy as np
@@ -13,7 +12,6 @@ from glidre_jax.data.featurize import (Buckets, cdr_pair_filter, collate, featur
                                        type_pair_filter)
 from glidre_jax.data.readers import normalize_cdr, read_docred
 from glidre_jax.data.relations import RelationSchema
-from glidre_jax.data.tokenize import load_tokenizer, minilm_path
 
 from conftest import SHARED_DATA
 

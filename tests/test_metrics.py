@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import pytest
 
 from glidre_jax import metrics
-from glidre_jax.data.assets import asset_path
 from glidre_jax.data.readers import read_docred
 from glidre_jax.data.relations import RelationSchema
 

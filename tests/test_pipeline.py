@@ -5,21 +5,10 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 
 from glidre_jax.data import batch as batch_lib
-from glidre_jax.data.assets import asset_path
 from glidre_jax.data.featurize import Buckets
 from glidre_jax.data.pipeline import build_dataset, make_iterator, subset_indices, to_device
-from glidre_jax.data.readers import read_docred
-from glidre_jax.data.relations import RelationSchema
-from glidre_jax.data.tokenize import load_tokenizer, minilm_path
-
-
-
-
-
-
 
 
 def _ds(docs, tok, schema, **kw):
