@@ -12,13 +12,15 @@ further negatives drawn from the training vocabulary; both encoders train.
     python -m glidre_jax.train --config=configs/pretrain.py:files \
         --config.data.train_file=corpus.jsonl --config.data.eval_file=dev.jsonl
 
-With `:files`, evaluation uses the relation names found in the eval file
+`:files` keeps the MiniLM encoders (set `text_encoder` / `label_encoder` to
+local directories of larger ones) and takes the optimizer settings of
+configs/redocred.py. With `:files`, evaluation uses the relation names found in the eval file
 (names never seen in training are scored zero-shot) unless
 `data.labels_file` fixes one label set.
 """
 import ml_collections
 
-from configs import default
+from configs import default, redocred
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -33,13 +35,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.eval_split = "dev"
     c.data.label_buckets = (16, 32, 64, 128)
-    c.train.steps = 50_000
-    c.train.grad_accum = 4  # effective batch 16
-    c.train.lr_encoder = 1e-5
-    c.train.lr_head = 1e-4
+    c.train = redocred.get_config().train  # the paper's optimizer settings
+    c.train.steps = 50_000  # the paper's pre-training length
     c.train.eval_every = 2_000
-    c.train.checkpoint_every = 1_000
-    c.train.log_every = 50
   elif variant:
     raise ValueError(f"unknown config variant {variant!r}; known: 'files'")
   return c
