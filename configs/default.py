@@ -47,8 +47,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       subset_size=0,  # >0: N training documents drawn with subset_seed
       subset_seed=0,
       max_length=512,  # subwords per document (per window)
-      # Evaluation: >0 encodes documents over max_length subwords in windows
-      # starting every window_stride subwords (none truncated); 0 truncates.
+      # >0: documents over max_length subwords are encoded in windows starting
+      # every window_stride subwords (no word truncated), in training and
+      # evaluation; 0 truncates them.
       window_stride=0,
       seq_buckets=(256, 512),
       word_buckets=(128, 256, 512),

@@ -95,7 +95,8 @@ def train(config, workdir: pathlib.Path) -> dict:
       max_length=d.max_length, label_max_length=config.model.label_max_length,
       decode=data.decode, train=True, seed=d.shuffle_seed, sort_window=d.sort_window,
       subset_size=d.subset_size or None, subset_seed=d.subset_seed,
-      pair_filter=data.pair_filter, open_labels=data.open_labels)
+      pair_filter=data.pair_filter, open_labels=data.open_labels,
+      window_stride=d.get("window_stride", 0))
   iterator = pipeline.make_iterator(dataset)
 
   model = run_setup.build_model(config)

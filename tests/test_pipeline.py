@@ -4,6 +4,7 @@ import itertools
 import json
 import shutil
 
+import jax
 import numpy as np
 
 from glidre_jax.data import batch as batch_lib
@@ -164,3 +165,20 @@ def test_process_slices_rebuild_the_single_process_batches():
   for b in range(10):
     merged = [halves[p][2 * b + r] for p in range(2) for r in range(2)]
     assert merged == [single[4 * b + r] for r in range(4)]
+
+
+def test_windowed_training_batches_keep_every_fact(tok, schema, dev_docs):
+  """With window_stride, documents over max_length subwords come in windows
+  and lose no gold fact; without it, truncation masks some."""
+  docs = dev_docs[:4]
+  kw = dict(max_length=128, buckets=Buckets((128,), (128, 512), (48,)), batch_size=2,
+            train=True, seed=0)
+  windowed = next(make_iterator(_ds(docs, tok, schema, window_stride=64, **kw), num_threads=1))
+  assert windowed["input_ids"].ndim == 3 and windowed["input_ids"].shape[2] == 128
+  assert windowed["window_word_mask"].shape[:2] == windowed["input_ids"].shape[:2]
+  gold = sum(len(docs[i].relations) for i in windowed["meta"]["doc_index"])
+  assert windowed["labels"].sum() == gold and windowed["meta"]["masked_labels"] == 0
+  truncated = next(make_iterator(_ds(docs, tok, schema, **kw), num_threads=1))
+  assert truncated["input_ids"].ndim == 2 and truncated["meta"]["masked_labels"] > 0
+  placed = to_device(windowed, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  assert placed["window_word_mask"].shape == windowed["window_word_mask"].shape

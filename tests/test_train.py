@@ -99,3 +99,14 @@ def test_config_typo_is_a_clear_error(tmp_path):
                        timeout=300)
   assert out.returncode != 0
   assert "stpes" in out.stderr
+
+
+def test_training_on_windowed_long_documents(tmp_path):
+  """data.window_stride: documents over max_length train and evaluate in windows."""
+  import pathlib
+  config = small_config(tmp_path, steps=2)
+  config.data.window_stride = 64  # dev[:6] and dev[400:402] all exceed 128 subwords
+  config.data.word_buckets = (128, 512)
+  summary = train_lib.train(config, pathlib.Path(tmp_path / "run"))
+  assert all(np.isfinite(loss) for _, loss in summary["logged_losses"])
+  assert summary["best_dev"]["num_gold"] > 0

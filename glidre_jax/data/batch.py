@@ -27,3 +27,6 @@ DOC_FIELDS = ("input_ids", "attention_mask", "word_index", "word_mask",
               "entity_word_weights", "entity_mask", "pair_mask", "labels",
               "doc_mask")
 LABEL_FIELDS = ("label_input_ids", "label_attention_mask", "label_mask")
+# Long documents in windows (data/windows.py): input_ids, attention_mask and
+# word_index gain a window axis N, and this field says which words each holds.
+WINDOW_FIELDS = ("window_word_mask",)

@@ -19,6 +19,7 @@ import numpy as np
 
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import open_labels as open_labels_lib
+from glidre_jax.data import windows
 from glidre_jax.data.documents import Document
 from glidre_jax.data.featurize import (Buckets, PairFilter, batch_stats, collate, featurize,
                                        label_batch)
@@ -135,8 +136,8 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
                   subset_size: int | None = None, subset_seed: int = 0,
                   pair_filter: PairFilter | None = None, empty_words: str = "unk",
                   shard_index: int | None = None, num_shards: int | None = None,
-                  open_labels: open_labels_lib.OpenLabels | None = None
-                  ) -> grain.MapDataset:
+                  open_labels: open_labels_lib.OpenLabels | None = None,
+                  window_stride: int = 0) -> grain.MapDataset:
   """MapDataset of padded batches (dicts of batch.py fields plus "meta").
 
   source: random-access records (a TFDS/grain data source, decoded by
@@ -155,6 +156,9 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     scored on its documents' own relation names plus negatives, K padded to
     open_labels.buckets; `label_names` is then the vocabulary negatives are
     drawn from. None: every batch uses all of `label_names`.
+  window_stride: >0 encodes documents over max_length subwords in windows of
+    max_length starting every window_stride subwords (`data.windows`); a
+    batch holding one is collated in windows ([B, N, max_length] input_ids).
   "meta" holds doc_index [B] (position in `source`, -1 for padding), titles,
   the label_names of the label columns and the summed truncation counters of featurize.STAT_KEYS.
   """
@@ -181,9 +185,13 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
       return None  # shard padding
     doc = read(index)
     own = open_labels_lib.document_label_names(doc.relations) if open_labels else None
-    feat = featurize(doc, tokenizer, label_index if own is None else
-                     {name: k for k, name in enumerate(own)}, max_length,
-                     pair_filter=pair_filter, empty_words=empty_words)
+    columns = label_index if own is None else {name: k for k, name in enumerate(own)}
+    if window_stride:
+      feat = windows.featurize_long(doc, tokenizer, columns, max_length, window_stride,
+                                    pair_filter=pair_filter)
+    else:
+      feat = featurize(doc, tokenizer, columns, max_length, pair_filter=pair_filter,
+                       empty_words=empty_words)
     if feat["dropped_entities"]:
       log.warning("document %r: %d entities lost every mention to truncation at %d subwords",
                   doc.title, feat["dropped_entities"], max_length)
@@ -207,7 +215,10 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     names, labels = tuple(label_names), fixed_labels
     if open_labels:
       features, names, labels = open_label_batch(features)
-    out = collate(features, buckets, labels, batch_size)
+    if any(f is not None and windows.is_windowed(f) for f in features):
+      out = windows.collate_windows(features, buckets, labels, batch_size, max_length)
+    else:
+      out = collate(features, buckets, labels, batch_size)
     doc_index = np.full(batch_size, -1, np.int32)
     doc_index[:len(features)] = [-1 if f is None else f["doc_index"] for f in features]
     titles = tuple("" if f is None else f["title"] for f in features)
@@ -254,7 +265,7 @@ def to_device(batch: Mapping[str, Any], sharding, label_sharding=None) -> dict:
   if label_sharding is None:
     label_sharding = _replicated(sharding)
   out = {name: jax.make_array_from_process_local_data(sharding, np.asarray(batch[name]))
-         for name in batch_lib.DOC_FIELDS}
+         for name in batch_lib.DOC_FIELDS + batch_lib.WINDOW_FIELDS if name in batch}
   for name in batch_lib.LABEL_FIELDS:
     arr = np.asarray(batch[name])
     out[name] = jax.make_array_from_process_local_data(label_sharding, arr, arr.shape)

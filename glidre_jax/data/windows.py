@@ -82,12 +82,24 @@ def window_shape(feat: Mapping) -> tuple[int, int, int]:
   return n, w, len(feat["entity_mask"])
 
 
-def collate_windows(features: Sequence[Mapping], buckets: featurize_lib.Buckets,
+def as_windowed(feat: Mapping) -> dict:
+  """Single-pass features as one window (to batch with windowed documents)."""
+  if is_windowed(feat):
+    return dict(feat)
+  n_words = len(feat["word_index"])
+  return {**feat, "input_ids": feat["input_ids"][None], "word_index": feat["word_index"][None],
+          "attention_mask": np.ones((1, len(feat["input_ids"])), np.int32),
+          "window_word_mask": np.ones((1, n_words), np.int32)}
+
+
+def collate_windows(features: Sequence[Mapping | None], buckets: featurize_lib.Buckets,
                     label_batch: Mapping[str, np.ndarray], batch_size: int, window: int
                     ) -> dict[str, np.ndarray]:
   """Windowed features padded to [batch_size, N, window] and the word/entity
-  buckets (grown as needed); N is rounded up to a power of two."""
-  dims = np.asarray([window_shape(f) for f in features])
+  buckets (grown as needed); N is rounded up to a power of two. `None`
+  entries are padding documents; single-pass features count as one window."""
+  features = [None if f is None else as_windowed(f) for f in features]
+  dims = np.asarray([window_shape(f) for f in features if f is not None])
   need_n, need_w, need_e = dims.max(axis=0)
   n = 1 << int(need_n - 1).bit_length()
   # Any seq_len fits: windows have their own fixed length.
@@ -108,8 +120,13 @@ def collate_windows(features: Sequence[Mapping], buckets: featurize_lib.Buckets,
       "doc_mask": np.zeros((b,), np.int32),
   }
   for i, f in enumerate(features):  # per document of the batch, host side
+    if f is None:
+      continue
+    if f["labels"].shape[-1] > k:
+      raise ValueError(f"document {f['title']!r} has {f['labels'].shape[-1]} label columns, "
+                       f"the label batch only {k}")
     for name in ("input_ids", "attention_mask", "word_index", "window_word_mask",
-                 "entity_word_weights", "pair_mask"):
+                 "entity_word_weights", "pair_mask", "labels"):
       arr = f[name]
       out[name][(i,) + tuple(slice(0, s) for s in arr.shape)] = arr
     out["word_mask"][i, :f["window_word_mask"].shape[1]] = 1
