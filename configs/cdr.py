@@ -7,8 +7,9 @@ CHEM / DISE, relation ids CID / NR). Relations are oriented chemical ->
 disease, only CHEM -> DISE pairs are candidates, the "NR" pairs are plain
 negatives, and repeated labels in the files are dropped with a warning. The
 reported F1 is the CID class's. Documents over 512 subwords are trained on
-and evaluated in overlapping windows (data.window_stride). Sized for a CPU by default (MiniLM,
-a few epochs); `:paper` uses the hyper-parameters of configs/redocred.py.
+and evaluated in overlapping windows (data.window_stride). Sized for a CPU by
+default (MiniLM, a few epochs); `:paper` uses the hyper-parameters of
+configs/redocred.py.
 """
 import ml_collections
 
