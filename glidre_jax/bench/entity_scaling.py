@@ -12,16 +12,14 @@ which is what bounds the entity count on an accelerator. Writes a table
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import pathlib
-import time
 
 import jax
 import numpy as np
 
 from configs import default
 from glidre_jax import run_setup, sharding, trainer as trainer_lib
+from glidre_jax.bench import common
 from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data import assets
 from glidre_jax.data.featurize import label_batch
@@ -46,21 +44,6 @@ def synthetic_batch(num_entities: int, seq_len: int, rng: np.random.Generator, l
           "labels": gold, "doc_mask": np.ones((1,), np.int32), **labels}
 
 
-def _median_time(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
-
-
-def _peak_gib(compiled) -> float:
-  mem = compiled.memory_analysis()
-  return (mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2**30 if mem else float("nan")
-
-
 def measure(num_entities: int, chunk: int, train: bool, repeats: int) -> dict:
   config = default.get_config()
   config.model.pair_chunk_size = chunk
@@ -78,24 +61,22 @@ def measure(num_entities: int, chunk: int, train: bool, repeats: int) -> dict:
     def step():
       box["state"] = compiled(box["state"], placed)
       return box["state"].step
-    seconds = _median_time(step, repeats)
+    seconds = common.median_time(step, repeats)
   else:
     p = trainer.predictor
     vectors = p.label_step(state.params, state.rest, labels)
     with jax.set_mesh(p.mesh):
       compiled = p._predict_jit.lower(state.params, state.rest, sharding.replicate(
           batch, p.mesh), vectors).compile()
-    seconds = _median_time(lambda: p.predict_step(state.params, state.rest, batch, vectors),
-                           repeats)
+    seconds = common.median_time(
+        lambda: p.predict_step(state.params, state.rest, batch, vectors), repeats)
   return {"entities": num_entities, "pairs": num_entities ** 2, "mode": "train" if train else
           "inference", "pair_chunk_size": chunk, "seconds_per_doc": round(seconds, 3),
-          "peak_gib": round(_peak_gib(compiled), 3)}
+          "peak_gib": round(common.peak_gib(compiled), 3)}
 
 
 def plot(rows: list[dict], path: pathlib.Path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = common.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for (mode, chunk) in sorted({(r["mode"], r["pair_chunk_size"]) for r in rows}):
     sel = [r for r in rows if r["mode"] == mode and r["pair_chunk_size"] == chunk]
@@ -106,8 +87,7 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
   axes[1].set(xlabel="entities per document", ylabel="peak memory (GiB, XLA estimate)", xscale="log")
   axes[0].legend(fontsize=8)
   fig.suptitle(f"GLiDRE-MiniLM, {WORDS}-word documents, {LABELS} labels, {jax.devices()[0].platform}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  common.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -123,7 +103,7 @@ def main(argv=None):
   out.mkdir(parents=True, exist_ok=True)
   repeats = 1 if args.quick else args.repeats
   rows = []
-  for e in (int(x) for x in args.entities.split(",")):
+  for e in common.parse_ints(args.entities):
     for train in (False, True):
       if train and args.quick and e > 50:
         continue
@@ -132,12 +112,7 @@ def main(argv=None):
         rows.append(row)
         print(f"E={row['entities']:>4} {row['mode']:>9} chunk={chunk:>5}: "
               f"{row['seconds_per_doc']:8.3f} s/doc  peak {row['peak_gib']:7.3f} GiB", flush=True)
-  meta = {"device": str(jax.devices()[0]), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
-  (out / "entity_scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-  with open(out / "entity_scaling.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  common.write_results(out, "entity_scaling", rows)
   plot(rows, out / "entity_scaling.png")
   print(f"wrote {out}/entity_scaling.{{json,csv,png}}")
 

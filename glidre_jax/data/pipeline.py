@@ -177,6 +177,7 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
   fixed_labels = None if open_labels else label_batch(
       label_tokenizer, list(label_names), max_length=label_max_length, num_labels=num_labels)
   read = (lambda i: source[i]) if decode is None else (lambda i: decode(source[i]))
+  warned: set[int] = set()  # documents whose truncation was reported
 
   def load(position_and_index) -> dict | None:
     batch_number, index = position_and_index
@@ -192,7 +193,8 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     else:
       feat = featurize(doc, tokenizer, columns, max_length, pair_filter=pair_filter,
                        empty_words=empty_words)
-    if feat["dropped_entities"]:
+    if feat["dropped_entities"] and index not in warned:  # once per document, not per epoch
+      warned.add(index)
       log.warning("document %r: %d entities lost every mention to truncation at %d subwords",
                   doc.title, feat["dropped_entities"], max_length)
     feat.update(doc_index=index, batch_number=batch_number, label_names=own)

@@ -1,0 +1,199 @@
+"""Training and inference throughput against batch size, on real documents.
+
+    python -m glidre_jax.bench.throughput [--quick] [--out results/throughput] \
+        [--batch_sizes 1,4,8] [--steps 20]
+
+The embedded default (configs/default.py: MiniLM encoders, the shipped
+Re-DocRED dev[:400], featurized and padded with the training buckets by
+featurize.collate, as the training pipeline does). So that each batch size
+compiles one shape only, only the documents whose own bucket is the most
+common one (or --bucket L,W,E) are used: every batch pads to that shape. For
+each batch size B (ascending) it reports
+- training: the first call (trace + compile + one step) and the number of
+  compilations (Trainer.num_traces), the median step time over --steps further
+  steps and documents/s, XLA's memory analysis of the compiled step;
+- inference on a fixed set of documents: documents/s of the GLiDRE forward
+  (Predictor.predict_step with cached label vectors) and of the bare text
+  encoder on the same padded batches, and their time ratio;
+- the process's peak RSS so far (ru_maxrss only grows), and the 1-minute
+  load average (other processes on the machine inflate the times).
+Writes throughput.{json,csv,png} into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import os
+import pathlib
+
+import jax
+import numpy as np
+from flax import nnx
+
+from configs import default
+from glidre_jax import run_setup, sharding, trainer as trainer_lib
+from glidre_jax.bench import common
+from glidre_jax.data.featurize import collate, feature_shape
+from glidre_jax.train import peak_rss_mb
+
+COLUMNS = [("B", "batch_size", "d"), ("step s", "train_step_s", ".3f"),
+           ("train doc/s", "train_docs_per_s", ".2f"), ("1st call s", "train_first_call_s", ".1f"),
+           ("compiles", "train_compilations", "d"), ("infer doc/s", "glidre_docs_per_s", ".2f"),
+           ("encoder doc/s", "encoder_docs_per_s", ".2f"),
+           ("GLiDRE/enc", "glidre_over_encoder", ".2f"),
+           ("XLA arg+temp MiB", "xla_train_mib", ".0f"), ("peak RSS MB", "peak_rss_mb", ".0f"),
+           ("load", "load_avg_1m", ".1f")]
+
+
+def bench_features(data: run_setup.DataSetup, split: str, bucket: tuple | None):
+  """Featurized documents of `split` whose bucket is `bucket` (default: the
+  most common one), that bucket, and the count of documents per bucket."""
+  feats = data.features(data.read_split(split))
+  own = [data.buckets.pick(*feature_shape(f), title=f["title"]) for f in feats]
+  counts = collections.Counter(own)
+  bucket = tuple(bucket) if bucket else counts.most_common(1)[0][0]
+  chosen = [f for f, b in zip(feats, own) if b == bucket]
+  if not chosen:
+    raise ValueError(f"no document of {split} falls in bucket {bucket}; "
+                     f"buckets hit: {dict(counts)}")
+  return chosen, bucket, counts
+
+
+def train_batches(feats, batch_size: int, count: int, data, labels: dict, seed: int = 0):
+  """`count` batches of documents drawn epoch by epoch in a seeded order."""
+  rng = np.random.default_rng(seed)
+  epochs = -(-count * batch_size // len(feats))
+  order = np.concatenate([rng.permutation(len(feats)) for _ in range(epochs)])
+  return [collate([feats[i] for i in order[k * batch_size:(k + 1) * batch_size]],
+                  data.buckets, labels, batch_size) for k in range(count)]
+
+
+def measure_train(trainer, state, batches: list[dict]) -> tuple[dict, object]:
+  traces = trainer.num_traces
+  placed = [trainer.place(b) for b in batches]
+  first, state = common.timed(functools.partial(trainer.train_step, state, placed[0]))
+  times = []
+  for batch in placed[1:]:
+    seconds, state = common.timed(functools.partial(trainer.train_step, state, batch))
+    times.append(seconds)
+  compilations = trainer.num_traces - traces
+  # After the calls above, lowering hits jit's cache: no third compilation.
+  mem = common.xla_memory(trainer.lower(state, placed[0]).compile())
+  step = float(np.median(times))
+  b = len(batches[0]["doc_mask"])
+  mib = (mem["argument_bytes"] + mem["temp_bytes"]) / 2**20 if mem else None
+  return {"train_step_s": step, "train_step_min_s": min(times), "train_step_max_s": max(times),
+          "train_docs_per_s": b / step, "train_first_call_s": first,
+          "train_compile_s": first - step, "train_compilations": compilations,
+          "xla_train_mib": mib}, state
+
+
+def encoder_forward(graphdef):
+  """The bare text encoder of an eval-mode GLiDRE, jitted (on the default
+  device; the benchmark's mesh is that one device)."""
+  @jax.jit
+  def forward(params, rest, input_ids, attention_mask):
+    model = nnx.merge(graphdef, params, rest)
+    return model.token_rep_layer.bert_layer.model(input_ids, attention_mask)
+  return forward
+
+
+def pass_seconds(fn, batches: list[dict], passes: int) -> float:
+  """Median over `passes` of the time to run fn over all batches."""
+  return float(np.median([sum(common.timed(functools.partial(fn, b))[0] for b in batches)
+                          for _ in range(passes)]))
+
+
+def measure_inference(trainer, state, data, batches: list[dict], passes: int) -> dict:
+  predictor, params, rest = trainer.predictor, state.params, state.rest
+  vectors = predictor.label_step(params, rest, data.label_batch())
+  glidre = lambda b: predictor.predict_step(params, rest, b, vectors)
+  forward = encoder_forward(trainer.eval_graphdef)
+  encoder = lambda b: forward(params, rest, b["input_ids"], b["attention_mask"])
+  traces = predictor.num_traces
+  compile_s = common.timed(lambda: glidre(batches[0]))[0]
+  encoder_compile_s = common.timed(lambda: encoder(batches[0]))[0]
+  docs = int(sum(b["doc_mask"].sum() for b in batches))
+  t_glidre = pass_seconds(glidre, batches, passes)
+  t_encoder = pass_seconds(encoder, batches, passes)
+  return {"infer_docs": docs, "predict_first_call_s": compile_s,
+          "predict_compilations": predictor.num_traces - traces,
+          "encoder_first_call_s": encoder_compile_s, "glidre_docs_per_s": docs / t_glidre,
+          "encoder_docs_per_s": docs / t_encoder, "glidre_over_encoder": t_glidre / t_encoder}
+
+
+def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
+  plt = common.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  x = np.arange(len(rows))
+  names = [str(r["batch_size"]) for r in rows]
+  axes[0].bar(x, [r["train_step_s"] for r in rows], color="tab:blue")
+  axes[0].set(xticks=x, xticklabels=names, xlabel="batch size",
+              ylabel="train step (s, median)")
+  series = [("train", "train_docs_per_s"), ("GLiDRE inference", "glidre_docs_per_s"),
+            ("text encoder forward", "encoder_docs_per_s")]
+  for k, (label, key) in enumerate(series):
+    axes[1].bar(x + (k - 1) * 0.27, [r[key] for r in rows], 0.27, label=label)
+  axes[1].set(xticks=x, xticklabels=names, xlabel="batch size", ylabel="documents / s")
+  axes[1].legend(fontsize=8)
+  fig.suptitle(title)
+  common.save_figure(fig, path)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--batch_sizes", default="1,4,8")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="timed train steps after the first call (default 20; --quick 5)")
+  parser.add_argument("--infer_docs", type=int, default=None,
+                      help="documents of the inference passes (default 32; --quick 16)")
+  parser.add_argument("--passes", type=int, default=None,
+                      help="timed inference passes, median taken (default 3; --quick 1)")
+  parser.add_argument("--split", default=None, help="default: the config's train split")
+  parser.add_argument("--bucket", default=None, help="L,W,E (default: the most common)")
+  common.add_override_arg(parser)
+  parser.add_argument("--quick", action="store_true", help="CPU-sized: fewer steps and documents")
+  parser.add_argument("--out", default="results/throughput")
+  args = parser.parse_args(argv)
+  steps = args.steps or (5 if args.quick else 20)
+  infer_docs = args.infer_docs or (16 if args.quick else 32)
+  passes = args.passes or (1 if args.quick else 3)
+
+  config = common.apply_overrides(default.get_config(), args.set)
+  data = run_setup.data_setup(config)
+  split = args.split or config.data.train_split
+  feats, bucket, counts = bench_features(
+      data, split, common.parse_ints(args.bucket) if args.bucket else None)
+  print(f"{split}: {sum(counts.values())} documents, buckets (L, W, E) hit: "
+        f"{dict(counts.most_common())}; benchmarking the {len(feats)} in {bucket}", flush=True)
+  labels = data.label_batch()
+  trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train,
+                                sharding.make_mesh(1, 1, jax.devices()[:1]))
+  state = trainer.initial_state
+  rows = []
+  for b in sorted(common.parse_ints(args.batch_sizes)):
+    row = {"batch_size": b, "bucket": "x".join(map(str, bucket)), "timed_steps": steps}
+    train_row, state = measure_train(trainer, state, train_batches(feats, b, steps + 1, data,
+                                                                   labels))
+    chunks = [feats[s:s + b] for s in range(0, min(infer_docs, len(feats)), b)]
+    batches = [collate(c, data.buckets, labels, b) for c in chunks]
+    row.update(train_row, **measure_inference(trainer, state, data, batches, passes),
+               peak_rss_mb=peak_rss_mb(), load_avg_1m=os.getloadavg()[0])
+    rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    print(f"B={b}: train step {row['train_step_s']:.3f} s (median of {steps}), inference "
+          f"{row['glidre_docs_per_s']:.2f} docs/s", flush=True)
+  out = pathlib.Path(args.out)
+  setup = {"config": "configs/default.py", "overrides": args.set, "split": split,
+           "bucket": list(bucket), "bucket_documents": len(feats),
+           "documents_per_bucket": {"x".join(map(str, k)): v for k, v in counts.items()},
+           "padding": "featurize.collate with the training buckets (as the training pipeline)"}
+  common.write_results(out, "throughput", rows, setup=setup)
+  plot(rows, out / "throughput.png", f"GLiDRE-MiniLM throughput, bucket {bucket}, "
+       f"{jax.devices()[0].platform}")
+  print("\n" + common.format_table(rows, COLUMNS))
+  print(f"wrote {out}/throughput.{{json,csv,png}}")
+
+
+if __name__ == "__main__":
+  main()

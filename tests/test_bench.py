@@ -1,0 +1,151 @@
+"""Benchmark CLIs (throughput, few-shot curve) at tiny sizes, and their helpers."""
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from glidre_jax.bench import common, few_shot, throughput
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+# Short documents in one bucket: one shape, so one compilation per step function.
+SMALL = ["--set", "data.max_length=128", "--set", "data.seq_buckets=(128,)",
+         "--set", "data.word_buckets=(128,)", "--set", "data.entity_buckets=(48,)"]
+
+
+def test_throughput_cli_measures_one_shape(tmp_path):
+  out = tmp_path / "tp"
+  throughput.main(["--batch_sizes", "1", "--steps", "2", "--infer_docs", "2", "--passes", "1",
+                   "--out", str(out), "--set", f"data.tfds_dir={tmp_path / 'tfds'}", *SMALL])
+  for name in ("throughput.json", "throughput.csv", "throughput.png"):
+    assert (out / name).stat().st_size > 0, name
+  result = json.loads((out / "throughput.json").read_text())
+  assert result["meta"]["cpu_count"] >= 1 and result["meta"]["jax"]
+  assert result["setup"]["bucket"] == [128, 128, 48]
+  assert result["setup"]["bucket_documents"] == 400  # dev[:400] all fit once truncated
+  (row,) = result["rows"]
+  assert row["batch_size"] == 1 and row["infer_docs"] == 2
+  assert row["train_compilations"] == 1 and row["predict_compilations"] == 1
+  assert 0 < row["train_step_s"] < row["train_first_call_s"]  # the first call compiles
+  assert row["train_docs_per_s"] == pytest.approx(1 / row["train_step_s"], rel=1e-2)
+  assert row["glidre_docs_per_s"] > 0 and row["encoder_docs_per_s"] > 0
+  assert row["glidre_over_encoder"] > 1  # the GLiDRE forward contains the encoder
+  assert row["peak_rss_mb"] > 100
+  if row["xla_train_mib"] is not None:  # the CPU backend reports it
+    assert row["xla_train_mib"] > 50  # at least MiniLM's parameters and Adam moments
+
+
+def test_throughput_rejects_an_empty_bucket(tmp_path):
+  with pytest.raises(ValueError, match="no document"):
+    throughput.main(["--bucket", "256,512,16", "--out", str(tmp_path),
+                     "--set", f"data.tfds_dir={tmp_path / 'tfds'}"])
+
+
+@pytest.mark.slow
+def test_few_shot_cli_trains_scores_and_reuses(tmp_path, redocred_dev_path):
+  test_file = tmp_path / "test.json"
+  test_file.write_text(json.dumps(json.loads(redocred_dev_path.read_text())[450:452]))
+  out = tmp_path / "fs"
+  cmd = [sys.executable, "-m", "glidre_jax.bench.few_shot", "--sizes", "1,2", "--seeds", "0",
+         "--steps", "2", "--max_docs", "2", "--test_file", str(test_file), "--out", str(out),
+         "--set", "data.batch_size=2", "--set", "data.eval_batch_size=2",
+         "--set", f"data.tfds_dir={tmp_path / 'tfds'}", *SMALL]
+  run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  for name in ("few_shot.json", "few_shot.csv", "few_shot_curve.csv", "few_shot.png"):
+    assert (out / name).stat().st_size > 0, name
+  result = json.loads((out / "few_shot.json").read_text())
+  rows = result["rows"]
+  assert [(r["n"], r["seed"], r["steps"]) for r in rows] == [(1, 0, 2), (2, 0, 2)]
+  for r in rows:
+    assert r["train_step_compilations"] >= 1 and r["test_docs"] == 2
+    for key in few_shot.SCORES:
+      assert 0.0 <= r[key] <= 1.0, key
+    assert 0 < r["best_tau"] < 1 and r["fixed_tau"] == 0.5
+  assert result["setup"]["curve"][0]["published_test_f1"] == 24.45
+  run_dir = out / "runs" / "n1_s0"
+  assert (run_dir / "best").is_dir() and not (run_dir / "checkpoints").exists()
+  summary = run_dir / "summary.json"
+  stamp = summary.stat().st_mtime_ns
+
+  # Same config again, no test file: the finished runs are reused, not retrained.
+  again = subprocess.run([c for c in cmd if c not in ("--test_file", str(test_file))],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  assert summary.stat().st_mtime_ns == stamp
+  reused = json.loads((out / "few_shot.json").read_text())["rows"]
+  assert [r["dev_f1"] for r in reused] == [r["dev_f1"] for r in rows]
+
+
+def test_finished_runs_are_reused_and_changed_ones_restarted(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_train(config, workdir):
+    calls.append(config.train.steps)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    summary = {"steps": config.train.steps}
+    (workdir / "summary.json").write_text(json.dumps(summary))
+    return summary
+
+  monkeypatch.setattr(few_shot.train_lib, "train", fake_train)
+  args = argparse.Namespace(config_variant="", set=[], steps=3, max_docs=2)
+  workdir, marker = tmp_path / "run", tmp_path / "run" / "marker"
+  run = lambda n, fresh=False: few_shot.train_or_reuse(few_shot.run_config(args, n, 0),
+                                                      workdir, fresh)["steps"]
+  assert run(1) == 3 and run(1) == 3
+  assert calls == [3]  # the second call read summary.json
+  marker.write_text("kept while the config is the same")
+  args.steps = 4
+  assert run(1) == 4 and calls == [3, 4] and not marker.exists()  # config changed: wiped
+  marker.write_text("")
+  run(1, fresh=True)
+  assert calls == [3, 4, 4] and not marker.exists()
+  marker.write_text("")
+  run(2)  # another N
+  assert calls == [3, 4, 4, 4] and not marker.exists()
+
+
+def test_curve_mean_and_std_over_seeds():
+  rows = [{"n": 5, "seed": s, "dev_f1": f, "dev_ign_f1": f / 2} for s, f in enumerate((0.2, 0.4))]
+  rows.append({"n": 1, "seed": 0, "dev_f1": 0.1, "dev_ign_f1": 0.05})
+  points = few_shot.curve(rows)
+  assert [p["n"] for p in points] == [1, 5]
+  assert points[0]["dev_f1_std"] == 0.0 and points[0]["published_test_f1"] == 24.45
+  assert points[1]["dev_f1_mean"] == pytest.approx(0.3)
+  assert points[1]["dev_f1_std"] == pytest.approx(0.1414, abs=1e-4)  # sample std
+  assert points[1]["dev_f1_text"] == "30.00 ± 14.14"
+  assert "test_f1_mean" not in points[1]
+
+
+def test_overrides_parse_literals_and_reject_unknown_keys():
+  from configs import default
+  c = common.apply_overrides(default.get_config(), ["train.lr_head=1e-3",
+                                                    "data.seq_buckets=(128,)",
+                                                    "data.train_split=dev[:8]"])
+  assert c.train.lr_head == 1e-3 and tuple(c.data.seq_buckets) == (128,)
+  assert c.data.train_split == "dev[:8]"
+  with pytest.raises(KeyError, match="lr_haed"):
+    common.apply_overrides(c, ["train.lr_haed=1"])
+  with pytest.raises(ValueError, match="key=value"):
+    common.apply_overrides(c, ["train.lr_head"])
+
+
+def test_format_table_aligns_and_marks_missing_values():
+  text = common.format_table([{"a": 1, "b": 0.5}, {"a": 10}], [("A", "a", "d"), ("B", "b", ".2f")])
+  lines = text.splitlines()
+  assert lines[0].split() == ["A", "B"] and lines[2].split() == ["1", "0.50"]
+  assert lines[3].split() == ["10", "-"]
+  assert len({len(line) for line in lines}) == 1
+
+
+def test_predict_api_bench_counts_label_encoder_calls(tmp_path):
+  from glidre_jax.bench import predict_api
+  out = tmp_path / "pa"
+  predict_api.main(["--docs", "3", "--batch_sizes", "2", "--out", str(out)])
+  (row,) = json.loads((out / "predict_api.json").read_text())["rows"]
+  assert row["docs"] == 3 and row["docs_per_s_cached"] > 0 and row["docs_per_s_uncached"] > 0
+  assert row["label_encoder_calls_uncached"] == 2  # one per batch of 2 without the cache
+  assert row["predict_compilations"] >= 1
+  assert (out / "predict_api.csv").stat().st_size > 0
