@@ -55,10 +55,13 @@ def test_tfds_builder_local_dir(tmp_path, tok, schema, dev_docs, redocred_dev_pa
   decode = tb.record_decoder("redocred")
   assert decode(train_src[0]) == dev_docs[0] and decode(sel_src[0]) == dev_docs[400]
   assert decode(sel_src[99]) == dev_docs[499]
-  # Prepared data is reused: a second builder needs no source files.
-  shutil.rmtree(local)
-  again = tb.prepare(tb.ReDocRED, data_dir=tmp_path / "tfds")
-  assert len(tb.data_source(again, "dev")) == 500
+  # Prepared data is reused for the same sources, and not for other ones.
+  again = tb.prepare(tb.ReDocRED, data_dir=tmp_path / "tfds", local_dir=local)
+  assert again.data_dir == builder.data_dir and len(tb.data_source(again, "dev")) == 500
+  raw = json.loads((local / "dev_revised.json").read_text())
+  (local / "dev_revised.json").write_text(json.dumps(raw[:10]))
+  edited = tb.prepare(tb.ReDocRED, data_dir=tmp_path / "tfds", local_dir=local)
+  assert edited.data_dir != builder.data_dir and len(tb.data_source(edited, "dev")) == 10
   ds = build_dataset(sel_src, decode=decode, tokenizer=tok, label_names=schema.names,
                      batch_size=4, shard_index=0, num_shards=1)
   assert len(ds) == 25 and ds[0]["meta"]["titles"][0] == dev_docs[400].title

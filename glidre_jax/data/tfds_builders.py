@@ -11,6 +11,7 @@ files (or takes them from TFDS's manual_dir when they are there).
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -132,12 +133,31 @@ def prepare(builder_cls: type[_JsonDocsBuilder], *, data_dir: str | os.PathLike 
             local_dir: str | os.PathLike | None = None) -> _JsonDocsBuilder:
   """Build (once) and return a builder whose array_record files are ready.
 
-  `data_dir` defaults to TFDS's (~/tensorflow_datasets).
+  `data_dir` defaults to TFDS's (~/tensorflow_datasets). Data prepared from
+  a `local_dir` lives in a subdirectory named by the source files' path, size
+  and modification time: TFDS reuses prepared data by builder name alone, so
+  another directory (or an edited file) must not be served the old copy.
   """
+  if local_dir is not None:
+    base = pathlib.Path(data_dir) if data_dir is not None else pathlib.Path(
+        tfds.core.constants.DATA_DIR).expanduser()
+    data_dir = base / f"local-{source_fingerprint(builder_cls, local_dir)}"
   builder = builder_cls(data_dir=None if data_dir is None else os.fspath(data_dir),
                         local_dir=local_dir, file_format="array_record")
   builder.download_and_prepare(file_format="array_record")
   return builder
+
+
+def source_fingerprint(builder_cls: type[_JsonDocsBuilder], local_dir: str | os.PathLike) -> str:
+  """A short hash of a local source directory's split files (path, size, mtime)."""
+  directory = pathlib.Path(local_dir).resolve()
+  digest = hashlib.sha256(str(directory).encode())
+  for name in sorted(builder_cls.FILES.values()):
+    path = directory / name
+    if path.exists():
+      stat = path.stat()
+      digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+  return digest.hexdigest()[:12]
 
 
 def data_source(builder: _JsonDocsBuilder, split: str):
