@@ -149,3 +149,11 @@ def test_predict_api_bench_counts_label_encoder_calls(tmp_path):
   assert row["label_encoder_calls_uncached"] == 2  # one per batch of 2 without the cache
   assert row["predict_compilations"] >= 1
   assert (out / "predict_api.csv").stat().st_size > 0
+
+
+def test_quick_steps_grow_with_the_number_of_documents():
+  assert [few_shot.quick_steps(n) for n in (1, 10, 30, 50, 400)] == [40, 40, 60, 100, 100]
+  args = argparse.Namespace(config_variant="", set=[], steps=None, max_docs=48, quick=True)
+  assert few_shot.run_config(args, 50, 0).train.steps == 100
+  args.steps = 7  # an explicit --steps wins
+  assert few_shot.run_config(args, 50, 0).train.steps == 7

@@ -21,8 +21,9 @@ moments: 2/3 of the space) unless --keep_latest. The runs share a JAX
 persistent compilation cache (OUT/jax_cache): a bucket shape compiles once
 for the whole sweep.
 
---quick is CPU-sized (~10-15 min on 2 cores): N in 1,5,10,50, one seed,
-40 steps, evaluation on the first 48 eval documents. The full sizes and the
+--quick is CPU-sized (~15 min on 2 cores): N in 1,5,10,50, one seed,
+quick_steps(N) steps (40 up to N=20, then 2 per document, at most 100: each
+document seen a few times), evaluation on the first 48 eval documents. The full sizes and the
 default 200 steps are meant for a GPU/TPU.
 """
 from __future__ import annotations
@@ -49,13 +50,19 @@ COLUMNS = [("N", "n", "d"), ("seeds", "seeds", "d")] + [
     (f"{key} %", f"{key}_text", "s") for key in SCORES[:4] + SCORES[4:6]]
 
 
+def quick_steps(n: int) -> int:
+  """Steps of a --quick run with N documents: enough epochs for larger N."""
+  return min(100, max(40, 2 * n))
+
+
 def run_config(args, n: int, seed: int):
   """configs/default.py (+ variant and --set overrides) for one (N, seed) run."""
   c = common.apply_overrides(default.get_config(args.config_variant), args.set)
   if c.data.get("held_out_relations"):
     raise ValueError("few_shot scores all relations; data.held_out_relations must be empty")
   c.data.subset_size, c.data.subset_seed = n, seed
-  c.train.steps = args.steps or c.train.steps
+  quick = getattr(args, "quick", False)
+  c.train.steps = args.steps or (quick_steps(n) if quick else c.train.steps)
   c.train.eval_every = c.train.steps  # evaluate (and keep best) at the end only
   c.train.log_every = min(c.train.log_every, c.train.steps)
   if args.max_docs is not None:
@@ -152,7 +159,7 @@ def main(argv=None):
   parser.add_argument("--sizes", default=None, help="default 1,5,10,50,100,400; --quick 1,5,10,50")
   parser.add_argument("--seeds", default=None, help="default 0,1,2; --quick 0")
   parser.add_argument("--steps", type=int, default=None,
-                      help="train.steps (default: the config's; --quick 40)")
+                      help="train.steps (default: the config's; --quick quick_steps(N))")
   parser.add_argument("--max_docs", type=int, default=None,
                       help="eval.max_docs: dev documents scored (--quick 48; 0: all)")
   parser.add_argument("--test_file", default=None, help="DocRED-format JSON scored at the end")
@@ -169,7 +176,6 @@ def main(argv=None):
   parser.add_argument("--out", default="results/few_shot")
   args = parser.parse_args(argv)
   if args.quick:
-    args.steps = args.steps or 40
     args.max_docs = 48 if args.max_docs is None else args.max_docs
   sizes = common.parse_ints(args.sizes or ("1,5,10,50" if args.quick else "1,5,10,50,100,400"))
   seeds = common.parse_ints(args.seeds or ("0" if args.quick else "0,1,2"))
@@ -188,16 +194,19 @@ def main(argv=None):
             f"{100 * row['dev_f1_fixed']:.2f} at τ={row['fixed_tau']}{test}", flush=True)
   points = curve(rows)
   config = run_config(args, sizes[0], seeds[0])
+  steps = {n: run_config(args, n, seeds[0]).train.steps for n in sizes}
   variant = f":{args.config_variant}" if args.config_variant else ""
   setup = {"config": f"configs/default.py{variant}",
-           "overrides": args.set, "steps": config.train.steps,
+           "overrides": args.set, "steps_per_n": steps,
            "train_split": config.data.train_split, "eval_split": config.data.eval_split,
            "eval_max_docs": config.eval.max_docs, "test_file": args.test_file,
            "published_test_f1": PUBLISHED_TEST_F1, "curve": points}
   common.write_results(out, "few_shot", rows, setup=setup)
   common.write_csv(out / "few_shot_curve.csv", [{k: v for k, v in p.items() if not
                                                  k.endswith("_text")} for p in points])
-  plot(points, out / "few_shot.png", f"GLiDRE-MiniLM few-shot, {config.train.steps} steps")
+  low, high = min(steps.values()), max(steps.values())
+  plot(points, out / "few_shot.png",
+       f"GLiDRE-MiniLM few-shot, {low if low == high else f'{low}-{high}'} steps")
   print("\n" + common.format_table(points, [c for c in COLUMNS if c[1] in points[0]]))
   print(f"wrote {out}/few_shot.{{json,csv,png}} and few_shot_curve.csv")
 
