@@ -16,10 +16,8 @@ from glidre_jax.data import batch as batch_lib
 from glidre_jax.data.documents import Document
 from glidre_jax.data.tokenize import encode_labels, tokenize_words
 
-# Features that are padded to bucket shapes, by the dimensions they use.
-_DIMS = {"input_ids": ("seq_len",), "word_index": ("words",),
-         "entity_word_weights": ("entities", "words"), "pair_mask": ("entities", "entities"),
-         "labels": ("entities", "entities", "labels")}
+# Features copied into the padded batch arrays (each must fit its bucket).
+_PADDED = ("input_ids", "word_index", "entity_word_weights", "pair_mask", "labels")
 # Per-document counters carried next to the arrays (host-side bookkeeping).
 STAT_KEYS = ("num_words", "dropped_words", "empty_words", "dropped_mentions",
              "dropped_entities", "masked_labels")
@@ -208,7 +206,6 @@ def collate(features: Sequence[Mapping | None], buckets: Buckets,
     shape = (buckets.seq_len[0], buckets.words[0], buckets.entities[0])
   seq, words, ents = shape
   k = int(np.shape(label_batch["label_mask"])[0])
-  sizes = {"seq_len": seq, "words": words, "entities": ents, "labels": k}
 
   out = {
       "input_ids": np.zeros((b, seq), np.int32),
@@ -221,21 +218,34 @@ def collate(features: Sequence[Mapping | None], buckets: Buckets,
       "labels": np.zeros((b, ents, ents, k), np.int32),
       "doc_mask": np.zeros((b,), np.int32),
   }
+  put_label_fields(out, label_batch)
   for i, f in enumerate(features):  # per document of the batch, host side
     if f is None:
       continue
-    if f["labels"].shape[-1] > k:
-      raise ValueError(f"document {f['title']!r} has {f['labels'].shape[-1]} label columns, "
-                       f"the label batch only {k}")
-    for name, dim_names in _DIMS.items():
-      arr = f[name]
-      _check_fits(arr, [sizes[d] for d in dim_names], name, f["title"])
-      out[name][(i,) + tuple(slice(0, n) for n in arr.shape)] = arr
-    n_sub, n_words, n_ent = feature_shape(f)
-    out["attention_mask"][i, :n_sub] = 1
-    out["word_mask"][i, :n_words] = 1
-    out["entity_mask"][i, :n_ent] = f["entity_mask"]
-    out["doc_mask"][i] = 1
+    place_document(out, i, f, _PADDED, num_words=feature_shape(f)[1])
+    out["attention_mask"][i, :len(f["input_ids"])] = 1
+  return out
+
+
+def place_document(out: dict, row: int, feat: Mapping, fields: Sequence[str], *,
+                   num_words: int) -> None:
+  """Copies one document's `fields` into row `row` of a padded batch `out`
+  (its arrays already allocated) and sets its word, entity and document masks."""
+  k = out["labels"].shape[-1]
+  if feat["labels"].shape[-1] > k:
+    raise ValueError(f"document {feat['title']!r} has {feat['labels'].shape[-1]} label "
+                     f"columns, the label batch only {k}")
+  for name in fields:
+    arr = feat[name]
+    _check_fits(arr, list(out[name].shape[1:]), name, feat["title"])
+    out[name][(row,) + tuple(slice(0, n) for n in arr.shape)] = arr
+  out["word_mask"][row, :num_words] = 1
+  out["entity_mask"][row, :len(feat["entity_mask"])] = feat["entity_mask"]
+  out["doc_mask"][row] = 1
+
+
+def put_label_fields(out: dict, label_batch: Mapping[str, np.ndarray]) -> dict:
+  """The batch's shared label side (batch.LABEL_FIELDS) into `out`."""
   for name in batch_lib.LABEL_FIELDS:
     out[name] = np.asarray(label_batch[name], np.int32)
   return out

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data.documents import Document
 
@@ -82,6 +81,11 @@ def window_shape(feat: Mapping) -> tuple[int, int, int]:
   return n, w, len(feat["entity_mask"])
 
 
+# Windowed features copied into the padded batch arrays.
+_WINDOWED = ("input_ids", "attention_mask", "word_index", "window_word_mask",
+             "entity_word_weights", "pair_mask", "labels")
+
+
 def as_windowed(feat: Mapping) -> dict:
   """Single-pass features as one window (to batch with windowed documents)."""
   if is_windowed(feat):
@@ -120,21 +124,9 @@ def collate_windows(features: Sequence[Mapping | None], buckets: featurize_lib.B
       "doc_mask": np.zeros((b,), np.int32),
   }
   for i, f in enumerate(features):  # per document of the batch, host side
-    if f is None:
-      continue
-    if f["labels"].shape[-1] > k:
-      raise ValueError(f"document {f['title']!r} has {f['labels'].shape[-1]} label columns, "
-                       f"the label batch only {k}")
-    for name in ("input_ids", "attention_mask", "word_index", "window_word_mask",
-                 "entity_word_weights", "pair_mask", "labels"):
-      arr = f[name]
-      out[name][(i,) + tuple(slice(0, s) for s in arr.shape)] = arr
-    out["word_mask"][i, :f["window_word_mask"].shape[1]] = 1
-    out["entity_mask"][i, :len(f["entity_mask"])] = f["entity_mask"]
-    out["doc_mask"][i] = 1
-  for name in batch_lib.LABEL_FIELDS:
-    out[name] = np.asarray(label_batch[name], np.int32)
-  return out
+    if f is not None:
+      featurize_lib.place_document(out, i, f, _WINDOWED, num_words=f["window_word_mask"].shape[1])
+  return featurize_lib.put_label_fields(out, label_batch)
 
 
 
