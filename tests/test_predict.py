@@ -314,6 +314,11 @@ def test_evaluation_windows_long_documents(predictor, dev_docs, schema):
   truncated = [featurize_lib.featurize(doc, tok, index, 128) for doc in docs]
   assert all(f["dropped_entities"] and f["masked_labels"] for f in truncated)
   feats = [windows.featurize_long(doc, tok, index, 128, 64) for doc in docs]
+  fits = windows.featurize_long(docs[0], tok, index, 512, 64)  # fits: the single pass
+  plain = featurize_lib.featurize(docs[0], tok, index, 512)
+  assert not windows.is_windowed(fits) and fits.keys() == plain.keys()
+  for key, value in plain.items():
+    np.testing.assert_array_equal(fits[key], value, err_msg=key)
   for doc, f in zip(docs, feats):
     assert windows.is_windowed(f) and f["entity_mask"].all() and not f["masked_labels"]
     assert f["labels"].sum() == len(doc.relations)

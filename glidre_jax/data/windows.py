@@ -37,13 +37,18 @@ def featurize_windows(doc: Document, tokenizer, window: int, stride: int, *,
                       label_index: Mapping[str, int] | None = None, pair_filter=None
                       ) -> dict[str, np.ndarray]:
   """`featurize_lib.featurize` over all words, with the subwords in windows."""
+  return _cut_into_windows(featurize_lib.featurize(doc, tokenizer, label_index or {}, _NO_LIMIT,
+                                                   pair_filter=pair_filter),
+                           tokenizer, window, stride)
+
+
+def _cut_into_windows(feat: dict, tokenizer, window: int, stride: int) -> dict:
+  """Untruncated features -> the same with input_ids etc. in windows (in place)."""
   n_head, n_tail = special_layout(tokenizer)
   size = window - n_head - n_tail  # subwords of the document per window
   if size < 1 or not 0 < stride <= size:
     raise ValueError(f"stride must be in [1, {size}] for windows of {window} subwords "
                      f"({n_head + n_tail} special tokens), got {stride}")
-  feat = featurize_lib.featurize(doc, tokenizer, label_index or {}, _NO_LIMIT,
-                                 pair_filter=pair_filter)
   ids = feat["input_ids"]
   content = ids[n_head:len(ids) - n_tail]
   total = len(content)
@@ -136,13 +141,15 @@ Collate = Callable[[Sequence[Mapping], Mapping[str, np.ndarray]], dict]
 def featurize_long(doc: Document, tokenizer, label_index: Mapping[str, int], max_length: int,
                    stride: int, *, pair_filter=None) -> dict[str, np.ndarray]:
   """Single-pass features, or windowed ones (stride > 0) when the document is
-  longer than max_length subwords, so that no word is truncated away."""
-  feat = featurize_lib.featurize(doc, tokenizer, label_index, max_length,
-                                 pair_filter=pair_filter)
-  if not stride or not feat["dropped_words"]:
-    return feat
-  return featurize_windows(doc, tokenizer, max_length, stride, label_index=label_index,
-                           pair_filter=pair_filter)
+  longer than max_length subwords, so that no word is truncated away. The
+  document is tokenized once either way."""
+  if not stride:
+    return featurize_lib.featurize(doc, tokenizer, label_index, max_length,
+                                   pair_filter=pair_filter)
+  feat = featurize_lib.featurize(doc, tokenizer, label_index, _NO_LIMIT, pair_filter=pair_filter)
+  if len(feat["input_ids"]) <= max_length:
+    return feat  # fits: exactly the single-pass features
+  return _cut_into_windows(feat, tokenizer, max_length, stride)
 
 
 def plan_batches(features: Sequence[Mapping], buckets: featurize_lib.Buckets, batch_size: int,
