@@ -229,13 +229,12 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     return out
 
   if train:
-    sizes = doc_labels = None
+    sizes, doc_labels = {}, {}
     if sort_window > 1 or open_labels:
-      docs = {int(i): read(int(i)) for i in subset}  # one pass over the training documents
-      sizes = {i: doc.num_words for i, doc in docs.items()}
-      doc_labels = {i: open_labels_lib.document_label_names(doc.relations)
-                    for i, doc in docs.items()}
-      del docs
+      for i in subset:  # one pass over the training documents, none kept in memory
+        doc = read(int(i))
+        sizes[int(i)] = doc.num_words
+        doc_labels[int(i)] = open_labels_lib.document_label_names(doc.relations)
     order = EpochOrder(subset, sizes if sort_window > 1 else None, batch_size * shards,
                        sort_window, seed, num_epochs)
     positions = ProcessSlice(order, batch_size, shard, shards)
