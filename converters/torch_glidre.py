@@ -1,12 +1,23 @@
 """GLiDRE in PyTorch (spec §1) with the official state-dict keys: the test oracle.
 
-torch + transformers only, written from the spec rather than from our JAX
-code: documents go one at a time, trimmed of their padding, and each entity
-pools the explicit list of its mention words (a word once per mention that
-covers it). It eats the padded numpy batch of `glidre_jax.data.batch` and
-returns the relation logits [B, E, E, K]. `from_pretrained` /
-`save_pretrained` read and write the official directory layout
-(`converters.official`), as the official GLiDRE does.
+torch + transformers only, written from the spec and the official code rather
+than from our JAX code: documents go one at a time and each entity pools the
+explicit list of its mention words (a word once per mention that covers it).
+`forward` eats the padded numpy batch of `glidre_jax.data.batch` and returns
+the relation logits [B, E, E, K]; `official_logits` starts from a document's
+words and mention spans and builds its inputs as the official code does
+(GLiNER's `words_mask` from the fast tokenizer's `word_ids()`), independently
+of our tokenisation and featurisation. `from_pretrained` / `save_pretrained`
+read and write the official directory layout (`converters.official`), as the
+official GLiDRE does.
+
+Word vectors follow the official `extract_word_embeddings`: word w gets its
+first subword's vector and attention row/column, scattered into zeros, so a
+word with no subword (a lone non-breaking space) is a zero vector with zero
+attention that still counts in its mentions' lengths. One official bug is
+not reproduced unless asked (spec §1): words cut off by the encoder's
+subword limit are dropped, not zero vectors (`official_logits(...,
+keep_cut_words=True)` reproduces the official behaviour).
 """
 from __future__ import annotations
 
@@ -113,6 +124,21 @@ class TorchGLiDRE(nn.Module):
       tokens = layer.projection(tokens)
     return tokens, out.attentions[-1][0]
 
+  def word_features(self, tokens: torch.Tensor, att: torch.Tensor, words_mask: torch.Tensor,
+                    num_words: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word vectors [W, D] and head-mean word attention [W, W], as the official
+    `extract_word_embeddings`: words_mask[i] = w + 1 where subword i is word
+    w's first, 0 elsewhere; words never named stay zero."""
+    sub = torch.nonzero(words_mask > 0).squeeze(-1)
+    tgt = words_mask[sub].long() - 1
+    words = tokens.new_zeros(num_words, tokens.shape[-1])
+    words[tgt] = tokens[sub]
+    rows = att.new_zeros(att.shape[0], num_words, att.shape[-1])
+    rows[:, tgt, :] = att[:, sub, :]
+    word_att = att.new_zeros(att.shape[0], num_words, num_words)
+    word_att[:, :, tgt] = rows[:, :, sub]
+    return words, word_att.mean(0)  # the official rel_rep averages heads after the gather
+
   def pool_entity(self, words: torch.Tensor, word_att: torch.Tensor, counts: torch.Tensor):
     """Entity vector [D] and attention row [W] over its mention words."""
     idx = torch.repeat_interleave(torch.arange(len(counts)), counts.round().long())
@@ -151,19 +177,56 @@ class TorchGLiDRE(nn.Module):
     labels = self.encode_labels(t("label_input_ids").long(), t("label_attention_mask").long())
     ids, att_mask, word_index = t("input_ids").long(), t("attention_mask"), t("word_index").long()
     word_mask, weights = t("word_mask"), t("entity_word_weights").float()
-    b, e = weights.shape[:2]
+    b, e, w = weights.shape
     logits = labels.new_zeros(b, e, e, labels.shape[0])
     for i in range(b):
       if not int(batch["doc_mask"][i]):
         continue
-      n_sub, n_words = int(att_mask[i].sum()), int(word_mask[i].sum())
+      n_sub = int(att_mask[i].sum())
       tokens, att = self.encode_document(ids[i, :n_sub])
-      first = word_index[i, :n_words]  # first subword of each word
-      words = tokens[first]
-      word_att = att.mean(0)[first][:, first]
-      rel = self.relation_reps(words, word_att, weights[i, :, :n_words])
+      # word_mask 0 inside a document: a word without subword. Padding words
+      # are zero vectors with zero weights: they change nothing.
+      words_mask = torch.zeros(n_sub, dtype=torch.long)
+      has = torch.nonzero(word_mask[i] > 0).squeeze(-1)
+      words_mask[word_index[i, has]] = has + 1
+      words, word_att = self.word_features(tokens, att, words_mask, w)
+      rel = self.relation_reps(words, word_att, weights[i])
       logits[i] = rel @ labels.T
     return logits
+
+  def official_logits(self, tokenizer, words, entities, label_input_ids, label_attention_mask,
+                      *, keep_cut_words: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [E, E, K] and scored-entity mask [E] of one document given as
+    words and, per entity, its mentions' (start, end) word spans with `end`
+    inclusive (the official format), prepared as the official processor does.
+
+    tokenizer: a HF fast tokenizer (truncated at its model_max_length, as the
+    official `truncation=True`). Entities without a kept word are not scored
+    (mask 0), unless keep_cut_words: the official bug, cut words as zeros.
+    """
+    words = list(words)[:int(self.official_cfg.get("max_len", 512))]  # official word limit
+    enc = tokenizer(words, is_split_into_words=True, truncation=True,
+                    max_length=tokenizer.model_max_length)
+    words_mask, prev = [], None
+    for wid in enc.word_ids():  # GLiNER's prepare_word_mask, bi-encoder (no prompt)
+      words_mask.append(0 if wid is None or wid == prev else wid + 1)
+      prev = wid
+    full = {w for w in tokenizer(words, is_split_into_words=True, verbose=False).word_ids()
+            if w is not None}
+    cut = sorted(full - {w for w in enc.word_ids() if w is not None})
+    kept = len(words) if keep_cut_words or not cut else cut[0]
+    counts = torch.zeros(len(entities), kept)
+    for e, spans in enumerate(entities):
+      for start, end in spans:
+        counts[e, start:min(end + 1, kept)] += 1
+    ids = torch.as_tensor(enc["input_ids"])
+    with torch.no_grad():
+      labels = self.encode_labels(torch.as_tensor(label_input_ids).long(),
+                                  torch.as_tensor(label_attention_mask).long())
+      tokens, att = self.encode_document(ids)
+      word_vecs, word_att = self.word_features(tokens, att, torch.as_tensor(words_mask), kept)
+      logits = self.relation_reps(word_vecs, word_att, counts) @ labels.T
+    return logits, counts.sum(1) > 0
 
   # --- the official directory layout -------------------------------------
 

@@ -137,3 +137,25 @@ def test_cdr_pair_filter(tok):
   f = featurize(_doc(), tok, _index(RelationSchema.from_file(asset_path("docred", "rel_info.json"))),
                 512, pair_filter=type_pair_filter([("LOC", "PER")]))
   assert f["pair_mask"].tolist() == [[0, 0], [1, 0]] and f["masked_labels"] == 1
+
+
+def test_words_without_subwords_keep_place_and_weight(tok, schema):
+  """As the official GLiDRE: "\xa0" is a word of its mention (weight 1) with
+  no subword (word_mask 0); collate and windows carry that mask."""
+  from glidre_jax.data import windows
+  words = ("The", "wind", "farm", "is", "15", "\xa0", "km", "off", "Denmark", "\xa0")
+  ents = (Entity((Mention(4, 7, 0, "15 \xa0 km"),), "NUM"),
+          Entity((Mention(8, 10, 0, "Denmark \xa0"),), "LOC"))
+  doc = Document("nbsp", (words,), ents, ())
+  f = featurize(doc, tok, _index(schema), 512)
+  assert f["word_mask"].tolist() == [1, 1, 1, 1, 1, 0, 1, 1, 1, 0]
+  assert f["entity_word_weights"].tolist() == [[0, 0, 0, 0, 1, 1, 1, 0, 0, 0],
+                                               [0, 0, 0, 0, 0, 0, 0, 0, 1, 1]]
+  assert f["empty_words"] == 2 and f["entity_mask"].tolist() == [1, 1]
+  out = collate([f], Buckets((128,), (64,), (16,)), label_batch(tok, schema.names))
+  np.testing.assert_array_equal(out["word_mask"][0, :10], f["word_mask"])
+  assert not out["word_mask"][0, 10:].any()
+  feat = windows.featurize_windows(doc, tok, 8, 2)  # several windows: none holds a "\xa0"
+  assert len(feat["input_ids"]) > 1 and not feat["window_word_mask"][:, [5, 9]].any()
+  assert feat["window_word_mask"].any(0).tolist() == [bool(m) for m in f["word_mask"]]
+  np.testing.assert_array_equal(windows.as_windowed(f)["window_word_mask"][0], f["word_mask"])

@@ -29,24 +29,39 @@ def test_first_subword_positions_unicode(tok):
   assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
   assert len(out.word_index) == len(words) and out.num_dropped == 0
   assert out.num_empty == 3  # nbsp, zero-width space, empty string
-  assert np.all(np.diff(out.word_index) > 0)  # every word its own position, in order
-  for w, p in zip(words, out.word_index):
-    pieces = _alone(tok, w)
-    # A word's first subword is what the word alone starts with; empties get [UNK].
-    assert ids[p] == (pieces[0] if pieces else tok.unk_token_id), w
-    # The word's subwords run up to the next word's position.
-  ends = list(out.word_index[1:]) + [len(ids) - 1]
-  for w, p, e in zip(words, out.word_index, ends):
-    assert list(ids[p:e]) == (_alone(tok, w) or [tok.unk_token_id])
+  # The subword sequence is exactly the tokenizer's (no [UNK] put in for empties).
+  assert list(ids) == tok(words, is_split_into_words=True)["input_ids"]
+  has = out.word_mask.astype(bool)
+  assert [w for w, h in zip(words, has) if not h] == ["\xa0", "\u200b", ""]
+  assert np.all(out.word_index[~has] == 0)  # no position of their own
+  assert np.all(np.diff(out.word_index[has]) > 0)  # the others in order
+  ends = list(out.word_index[has][1:]) + [len(ids) - 1]
+  for w, p, e in zip([w for w, h in zip(words, has) if h], out.word_index[has], ends):
+    # A word's subwords are what the word alone gives, up to the next word's position.
+    assert list(ids[p:e]) == _alone(tok, w), w
 
 
-def test_empty_words_next_mode_keeps_sequence(tok):
-  words = ["\xa0", "Paris", "\xa0", "is", "nice", "\u200b"]
-  out = tokenize_words(tok, words, 512, empty="next")
-  plain = tok.backend_tokenizer.encode(["Paris", "is", "nice"], is_pretokenized=True).ids
-  assert list(out.input_ids) == plain
-  # nbsp -> next word's first subword; trailing empty word -> the [SEP] position.
-  assert list(out.word_index) == [1, 1, 2, 2, 3, 4]
+def test_word_mask_matches_official_words_mask(tok, dev_docs):
+  """GLiNER's words_mask (w + 1 at word w's first subword) names exactly the
+  words with word_mask 1, at word_index."""
+  doc = next(d for d in dev_docs if "\xa0" in d.words)
+  out = tokenize_words(tok, doc.words, 1 << 30)
+  enc = tok(list(doc.words), is_split_into_words=True)
+  prev, named = None, {}
+  for i, wid in enumerate(enc.word_ids()):
+    if wid is not None and wid != prev:
+      named[wid] = i
+    prev = wid
+  assert sorted(named) == list(np.flatnonzero(out.word_mask))
+  assert all(out.word_index[w] == i for w, i in named.items())
+
+
+def test_empty_words_before_the_cut_are_kept(tok):
+  # [CLS] paris is [SEP] in 4 slots: the "\xa0" after "is" stays a word, "nice" is cut.
+  out = tokenize_words(tok, ["Paris", "is", "\xa0", "nice", "\xa0"], 4)
+  assert list(out.word_mask) == [1, 1, 0] and out.num_dropped == 2
+  assert list(out.input_ids) == [tok.cls_token_id, *_alone(tok, "Paris"), *_alone(tok, "is"),
+                                 tok.sep_token_id]
 
 
 def test_truncation_drops_suffix_and_keeps_sep(tok):

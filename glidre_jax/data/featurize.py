@@ -90,15 +90,16 @@ cdr_pair_filter = type_pair_filter([("CHEM", "DISE")])
 
 
 def featurize(doc: Document, tokenizer, label_index: Mapping[str, int], max_length: int, *,
-              pair_filter: PairFilter | None = None, empty_words: str = "unk"
-              ) -> dict[str, np.ndarray]:
+              pair_filter: PairFilter | None = None) -> dict[str, np.ndarray]:
   """One document's unpadded features.
 
-  Returns input_ids [L], word_index [W], entity_word_weights [E, W],
+  Returns input_ids [L], word_index [W], word_mask [W] (0 for words without
+  a subword: they keep their place and their weight in mentions, with a zero
+  vector, as in the official GLiDRE), entity_word_weights [E, W],
   entity_mask [E], pair_mask [E, E], labels [E, E, K], plus `title` and the
   counters of STAT_KEYS. W counts kept words only (truncation drops a suffix).
   """
-  tok = tokenize_words(tokenizer, doc.words, max_length, empty=empty_words)
+  tok = tokenize_words(tokenizer, doc.words, max_length)
   n_words = len(tok.word_index)
   n_ent = len(doc.entities)
 
@@ -142,6 +143,7 @@ def featurize(doc: Document, tokenizer, label_index: Mapping[str, int], max_leng
       "title": doc.title,
       "input_ids": tok.input_ids,
       "word_index": tok.word_index,
+      "word_mask": tok.word_mask,
       "entity_word_weights": weights,
       "entity_mask": entity_mask,
       "pair_mask": pair_mask,
@@ -230,7 +232,8 @@ def collate(features: Sequence[Mapping | None], buckets: Buckets,
 def place_document(out: dict, row: int, feat: Mapping, fields: Sequence[str], *,
                    num_words: int) -> None:
   """Copies one document's `fields` into row `row` of a padded batch `out`
-  (its arrays already allocated) and sets its word, entity and document masks."""
+  (its arrays already allocated) and sets its word, entity and document masks
+  (`num_words` words, of which those with feat["word_mask"] 0 have no subword)."""
   k = out["labels"].shape[-1]
   if feat["labels"].shape[-1] > k:
     raise ValueError(f"document {feat['title']!r} has {feat['labels'].shape[-1]} label "
@@ -239,7 +242,7 @@ def place_document(out: dict, row: int, feat: Mapping, fields: Sequence[str], *,
     arr = feat[name]
     _check_fits(arr, list(out[name].shape[1:]), name, feat["title"])
     out[name][(row,) + tuple(slice(0, n) for n in arr.shape)] = arr
-  out["word_mask"][row, :num_words] = 1
+  out["word_mask"][row, :num_words] = feat["word_mask"]
   out["entity_mask"][row, :len(feat["entity_mask"])] = feat["entity_mask"]
   out["doc_mask"][row] = 1
 

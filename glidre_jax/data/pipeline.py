@@ -134,7 +134,7 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
                   decode: Callable[[Any], Document] | None = None, train: bool = False,
                   seed: int = 0, num_epochs: int | None = None,
                   subset_size: int | None = None, subset_seed: int = 0,
-                  pair_filter: PairFilter | None = None, empty_words: str = "unk",
+                  pair_filter: PairFilter | None = None,
                   shard_index: int | None = None, num_shards: int | None = None,
                   open_labels: open_labels_lib.OpenLabels | None = None,
                   window_stride: int = 0) -> grain.MapDataset:
@@ -191,8 +191,7 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
       feat = windows.featurize_long(doc, tokenizer, columns, max_length, window_stride,
                                     pair_filter=pair_filter)
     else:
-      feat = featurize(doc, tokenizer, columns, max_length, pair_filter=pair_filter,
-                       empty_words=empty_words)
+      feat = featurize(doc, tokenizer, columns, max_length, pair_filter=pair_filter)
     if feat["dropped_entities"] and index not in warned:  # once per document, not per epoch
       warned.add(index)
       log.warning("document %r: %d entities lost every mention to truncation at %d subwords",

@@ -50,7 +50,8 @@ def load_tokenizer(path_or_dir: str | os.PathLike):
 @dataclasses.dataclass(frozen=True)
 class TokenizedWords:
   input_ids: np.ndarray  # int32 [L], with the tokenizer's special tokens, L <= max_length
-  word_index: np.ndarray  # int32 [W_kept]: first-subword position of each kept word
+  word_index: np.ndarray  # int32 [W_kept]: first-subword position of each kept word (0: none)
+  word_mask: np.ndarray  # int32 [W_kept]: 1 for words with a subword, 0 for words without one
   num_dropped: int  # words cut off by max_length (always a suffix of the words)
   num_empty: int  # words that produced no subword of their own
 
@@ -71,51 +72,38 @@ def _first_positions(enc, num_words: int) -> np.ndarray:
   return pos
 
 
-def tokenize_words(tokenizer, words: Sequence[str], max_length: int, *,
-                   empty: str = "unk") -> TokenizedWords:
+def tokenize_words(tokenizer, words: Sequence[str], max_length: int) -> TokenizedWords:
   """Subword ids ([CLS] ... [SEP]) and each word's first-subword position.
 
-  Words that produce no subword (Re-DocRED has non-breaking spaces as words)
-  still get a position and never move other words: with `empty="unk"` each
-  is replaced by the tokenizer's unknown token (a subword of its own); with
-  `empty="next"` it shares the position of the following subword, which
-  keeps the subword sequence exactly what the tokenizer gives. Words whose
-  first subword would fall on or after the closing special tokens are dropped.
+  As the official GLiDRE (GLiNER's `words_mask`, filled from the fast
+  tokenizer's `word_ids()`): the subword sequence is exactly the tokenizer's,
+  and a word that yields no subword at all (Re-DocRED has lone non-breaking
+  spaces as words) has no position. It stays a word (word_mask 0,
+  word_index 0): the model gives it a zero vector and zero attention row and
+  column, and it still counts in its mentions' lengths (see
+  `glidre_jax.model.glidre.gather_words`). Words whose first subword would
+  fall on or after the closing special tokens are dropped (a suffix of the
+  words; the official code keeps them as zero vectors, spec §1); words
+  without subwords right before the first dropped word are kept.
   """
   if max_length < 3:
     raise ValueError(f"max_length must leave room for special tokens and a word, got {max_length}")
-  if empty not in ("unk", "next"):
-    raise ValueError(f"empty must be 'unk' or 'next', got {empty!r}")
   words = list(words)
   enc = _encode(tokenizer, words)
   pos = _first_positions(enc, len(words))
-  missing = np.flatnonzero(pos < 0)
-  if missing.size and empty == "unk":
-    unk = tokenizer.unk_token
-    if unk is None:
-      raise ValueError(f"{len(missing)} words produce no subword (first: {words[missing[0]]!r}) "
-                       "and the tokenizer has no unknown token; use empty='next'")
-    for i in missing:  # only the offending words: rare, so a loop is fine
-      words[i] = unk
-    enc = _encode(tokenizer, words)
-    pos = _first_positions(enc, len(words))
-    if (pos < 0).any():
-      raise ValueError(f"unknown token {unk!r} produces no subword either")
+  has = pos >= 0
   ids = np.asarray(enc.ids, dtype=np.int32)
   is_word = np.asarray([w is not None for w in enc.word_ids], dtype=bool)
   # Closing special tokens ([SEP], "</s>", ...) survive truncation.
   n_tail = int(np.argmax(is_word[::-1])) if is_word.any() else len(ids) - 1
-  if missing.size and empty == "next":
-    # Next valid position, or the first closing special token for trailing empties.
-    nxt = np.where(pos < 0, len(ids) - n_tail, pos)
-    pos = np.minimum.accumulate(nxt[::-1])[::-1]
+  kept = len(words)
   if len(ids) > max_length:
     keep = max_length - n_tail
     ids = np.concatenate([ids[:keep], ids[len(ids) - n_tail:]])
-    kept = int(np.searchsorted(pos, keep))  # positions are non-decreasing
-  else:
-    kept = len(words)
-  return TokenizedWords(ids, pos[:kept].astype(np.int32), len(words) - kept, int(missing.size))
+    cut = np.flatnonzero(pos >= keep)  # words whose first subword is cut off
+    kept = int(cut[0]) if cut.size else kept
+  return TokenizedWords(ids, np.where(has, pos, 0)[:kept].astype(np.int32),
+                        has[:kept].astype(np.int32), len(words) - kept, int((~has).sum()))
 
 
 def encode_labels(tokenizer, names: Sequence[str], max_length: int = 16

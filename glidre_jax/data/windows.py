@@ -64,9 +64,11 @@ def _cut_into_windows(feat: dict, tokenizer, window: int, stride: int) -> dict:
       inside, content[np.minimum(starts[:, None] + cols, total - 1)], pad)
   rows = np.arange(len(starts))[:, None]
   win_ids[rows, n_head + lens[:, None] + np.arange(n_tail)] = ids[len(ids) - n_tail:]
-  # Each word by its first subword's position in the content.
+  # Each word by its first subword's position in the content; a word without
+  # subwords is held by no window (a zero vector, as in a single pass).
   pos = feat["word_index"].astype(np.int64) - n_head
-  held = (starts[:, None] <= pos[None, :]) & (pos[None, :] < (starts + lens)[:, None])
+  held = ((starts[:, None] <= pos[None, :]) & (pos[None, :] < (starts + lens)[:, None])
+          & (feat["word_mask"] > 0)[None, :])
   feat.update(
       input_ids=win_ids,
       attention_mask=(np.arange(length)[None, :] < (n_head + lens + n_tail)[:, None]
@@ -95,10 +97,9 @@ def as_windowed(feat: Mapping) -> dict:
   """Single-pass features as one window (to batch with windowed documents)."""
   if is_windowed(feat):
     return dict(feat)
-  n_words = len(feat["word_index"])
   return {**feat, "input_ids": feat["input_ids"][None], "word_index": feat["word_index"][None],
           "attention_mask": np.ones((1, len(feat["input_ids"])), np.int32),
-          "window_word_mask": np.ones((1, n_words), np.int32)}
+          "window_word_mask": np.asarray(feat["word_mask"], np.int32)[None]}
 
 
 def collate_windows(features: Sequence[Mapping | None], buckets: featurize_lib.Buckets,

@@ -37,15 +37,20 @@ def gather_words(hidden: jax.Array, attentions: jax.Array, word_index: jax.Array
                  word_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """First-subword word vectors [B, W, d] and head-mean word attention [B, W, W].
 
-  Padding words are zeroed, in the vectors and as attention columns, so that
-  no document sees its own padding (batch independence).
+  Words with word_mask 0 get a zero vector and a zero attention row and
+  column: padding words (so no document sees its own padding: batch
+  independence) and, as in the official GLiDRE, words that yield no subword
+  (its `extract_word_embeddings` scatters first subwords into zeros, so such
+  a word keeps zeros everywhere, yet still counts in the length of the
+  mentions holding it: entity means divide by all mention words).
   """
   keep = word_mask.astype(hidden.dtype)
   words = jnp.take_along_axis(hidden, word_index[..., None], axis=1) * keep[..., None]
   att = attentions.mean(axis=1)  # the mean over heads commutes with the gather
   att = jnp.take_along_axis(att, word_index[:, :, None], axis=1)
   att = jnp.take_along_axis(att, word_index[:, None, :], axis=2)
-  return words, att * word_mask.astype(att.dtype)[:, None, :]
+  keep = word_mask.astype(att.dtype)
+  return words, att * keep[:, :, None] * keep[:, None, :]
 
 
 def pool_entities(words: jax.Array, word_att: jax.Array, weights: jax.Array,
@@ -105,7 +110,9 @@ class TokenRepLayer(nnx.Module):
       words, word_att = gather_words(out.last_hidden_state, out.attentions,
                                      word_index, word_mask)
     if self.projection is not None:
-      words = self.projection(words)
+      # Officially the projection acts on subwords before the gather: a word
+      # without subword stays 0, not the projection's bias.
+      words = self.projection(words) * word_mask[..., None].astype(words.dtype)
     return words, word_att
 
   def encode_label_tokens(self, label_input_ids, label_attention_mask):
