@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import warnings
 
 import pytest
@@ -362,3 +363,61 @@ def test_glidre_bad_json_lines_and_defaults(tmp_path):
   (doc,) = read_glidre(path)
   assert doc.relations == () and doc.title == "3" and doc.sents == (tuple(rec["tokenized_text"]),)
   assert doc.entities[1].mentions == (Mention(3, 4, -1, "France"),)
+
+
+# -- documents the scorer cannot tell apart, empty words ---------------------
+
+
+def test_repeated_titles_and_ids_are_errors(schema, tmp_path):
+  path = tmp_path / "twice.json"
+  path.write_text(json.dumps([dict(_good(), title="A"), dict(_good(), title="B"),
+                              dict(_good(), title="A")]))
+  with pytest.raises(DataError) as e:
+    read_docred(path, schema)
+  msg = str(e.value)
+  assert str(path) in msg and "document 2 (title 'A')" in msg and "field 'title'" in msg, msg
+  assert "repeats that of document 0" in msg, msg
+  path = tmp_path / "twice.jsonl"
+  path.write_text("".join(json.dumps(dict(_glidre_good(), id=i)) + "\n" for i in (4, 5, 4)))
+  with pytest.raises(DataError, match=r"twice\.jsonl: document 2 \(title '4'\): field 'id': "
+                                      r"id '4' repeats that of document 0"):
+    read_glidre(path)
+
+
+def test_tfds_records_refuse_repeated_titles(tmp_path):
+  from glidre_jax.data import tfds_builders
+  path = tmp_path / "dev.json"
+  path.write_text(json.dumps([dict(_good(), title="A"), dict(_good(), title="A")]))
+  with pytest.raises(DataError, match=r"dev\.json: document 1 \(title 'A'\).*repeats"):
+    list(tfds_builders._JsonDocsBuilder._generate_examples(None, path))
+
+
+@pytest.mark.parametrize("fmt", ["docred", "glidre"])
+def test_empty_word_is_an_error(fmt, schema, tmp_path):
+  path = tmp_path / f"{fmt}.json"
+  if fmt == "docred":
+    bad = _good()
+    bad["sents"][1][1] = ""
+    path.write_text(json.dumps([dict(_good(), title="ok"), bad]))
+    field, read = "sents[1][1]", lambda: read_docred(path, schema)
+  else:
+    bad = _glidre_good()
+    bad["tokenized_text"][2] = ""
+    path.write_text(json.dumps([dict(_glidre_good(), id=0), bad]))
+    field, read = "tokenized_text[2]", lambda: read_glidre(path)
+  with pytest.raises(DataError, match=rf"document 1 .*field '{re.escape(field)}': empty word"):
+    read()
+
+
+def test_shipped_and_shared_data_load_cleanly(schema, cdr_schema, redocred_dev_path):
+  """No repeated titles or empty words in the real files (a "\\xa0" word is fine)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    docs = read_docred(redocred_dev_path, schema)
+  assert len(docs) == 500 and sum("\xa0" in d.words for d in docs) == 30
+  for split in ("train", "dev"):
+    path = SHARED / "cdr" / f"{split}.json"
+    if path.exists():
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the CDR files' duplicate-label notes
+        assert len(read_docred(path, cdr_schema, strict=False)) == 500

@@ -112,6 +112,28 @@ def _warn_dups(path: str | None, counts: list[tuple[int, str, int]]):
                   f"(first: document {i}, title {title!r})", stacklevel=3)
 
 
+def check_unique_titles(titles: Iterable[str], path: str | None, *, key: str = "title"):
+  """Every document of a file needs its own title (GLiDRE format: id): the
+  scorer keys gold facts and predictions on it, so two documents sharing one
+  would merge their facts and score wrongly. None: no title (checked elsewhere)."""
+  first: dict[str, int] = {}
+  for i, title in enumerate(titles):
+    if title is None:
+      continue
+    if title in first:
+      raise DataError(f"{key} {title!r} repeats that of document {first[title]}; gold facts "
+                      f"are keyed on the {key}, so every document needs its own",
+                      path=path, doc_index=i, title=title, field=key)
+    first[title] = i
+
+
+def _check_words(words: list, where: _Where, field: str):
+  for w, word in enumerate(words):
+    _check(word, "str", where, f"{field}[{w}]")
+    if not word:
+      raise where.error(f"{field}[{w}]", "empty word: a word needs at least one character")
+
+
 # -- DocRED / Re-DocRED ------------------------------------------------------
 
 
@@ -123,6 +145,7 @@ def read_docred(path: str | os.PathLike, schema: RelationSchema, *,
   are dropped before the schema lookup. Duplicate (h, t, r) labels raise
   unless `strict=False`, which drops them with one warning. An entity's type
   is its first mention's type (as the reference GLiDRE converter does).
+  Titles must be unique within the file; words must not be empty strings.
   """
   path = os.fspath(path)
   data = _load_json(path)
@@ -136,6 +159,7 @@ def read_docred(path: str | os.PathLike, schema: RelationSchema, *,
     docs.append(doc)
     if n:
       dups.append((i, doc.title, n))
+  check_unique_titles((d.title for d in docs), path)
   _warn_dups(path, dups)
   return docs
 
@@ -157,8 +181,7 @@ def _docred_doc(raw, where: _Where, schema: RelationSchema, drop: frozenset[str]
     _check(sent, "list", where, f"sents[{k}]")
     if not sent:
       raise where.error(f"sents[{k}]", "empty sentence")
-    for w, word in enumerate(sent):
-      _check(word, "str", where, f"sents[{k}][{w}]")
+    _check_words(sent, where, f"sents[{k}]")
   starts = [0]
   for sent in sents[:-1]:
     starts.append(starts[-1] + len(sent))
@@ -275,7 +298,7 @@ def read_glidre(path: str | os.PathLike, *, strict: bool = True) -> list[Documen
   """Read the reference GLiDRE format: a JSON list or JSONL of documents.
 
   Mention `end` is inclusive there and becomes exclusive here; the text is
-  one sentence (sent_id -1); the title is str(id).
+  one sentence (sent_id -1); the title is str(id), unique within the file.
   """
   path = os.fspath(path)
   try:
@@ -306,6 +329,7 @@ def read_glidre(path: str | os.PathLike, *, strict: bool = True) -> list[Documen
     docs.append(doc)
     if n:
       dups.append((i, doc.title, n))
+  check_unique_titles((d.title for d in docs), path, key="id")
   _warn_dups(path, dups)
   return docs
 
@@ -325,8 +349,7 @@ def _glidre_doc(raw, where: _Where, strict: bool) -> tuple[Document, int]:
   words = _get(raw, "tokenized_text", "list", where)
   if not words:
     raise where.error("tokenized_text", "empty: a document needs at least one word")
-  for w, word in enumerate(words):
-    _check(word, "str", where, f"tokenized_text[{w}]")
+  _check_words(words, where, "tokenized_text")
   raw_ents = _get(raw, "mentions", "list", where)
   if not raw_ents:
     raise where.error("mentions", "empty: a document needs at least one entity")

@@ -92,9 +92,10 @@ class _JsonDocsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       data = json.load(f)
     if not isinstance(data, list):
       raise readers.DataError("top level must be a JSON list of documents", path=path)
-    for i, raw in enumerate(data):
-      title = raw.get("title", "") if isinstance(raw, dict) else ""
-      yield i, {"title": str(title), "index": i,
+    titles = [raw.get("title") if isinstance(raw, dict) else None for raw in data]
+    readers.check_unique_titles(titles, path)  # the scorer keys gold facts on titles
+    for i, (raw, title) in enumerate(zip(data, titles)):
+      yield i, {"title": "" if title is None else str(title), "index": i,
                 "document": json.dumps(raw, ensure_ascii=False)}
 
 
