@@ -67,10 +67,15 @@ def run_dir(model, tmp_path_factory):
 # -- inputs -------------------------------------------------------------------
 
 
-def test_split_words_offsets_unicode():
-  text = "Zürich,  東京 and São Paulo 🎉 foo_bar."
+def test_split_words_is_the_official_splitter():
+  # GLiNER's "whitespace" splitter: hyphen/underscore-joined runs stay one word (\w
+  # holds "_", so "x_-y" is one too); CJK runs are words; other characters alone.
+  text = ("New-York's foo_bar, a--b  x_-y (co-op.) Zürich,\xa0東京 and São Paulo 🎉 "
+          "1,234.5 U.S. e-mail_id-2")
   w = inputs.split_words(text)
-  assert w.words == ("Zürich", ",", "東", "京", "and", "São", "Paulo", "🎉", "foo_bar", ".")
+  assert w.words == ("New-York", "'", "s", "foo_bar", ",", "a", "-", "-", "b", "x_-y",
+                     "(", "co-op", ".", ")", "Zürich", ",", "東京", "and", "São", "Paulo", "🎉",
+                     "1", ",", "234", ".", "5", "U", ".", "S", ".", "e-mail_id-2")
   assert all(text[s:e] == word for word, s, e in zip(w.words, w.starts, w.ends))
 
 
@@ -83,7 +88,7 @@ def test_raw_text_document():
   uni = inputs.to_document({"text": "Er zog nach São Paulo und 東京.",
                             "entities": [[[12, 21]], [[26, 28]]]})
   assert [m.name for e in uni.entities for m in e.mentions] == ["São Paulo", "東京"]
-  assert uni.entities[1].mentions[0].end - uni.entities[1].mentions[0].start == 2
+  assert uni.entities[1].mentions[0].end - uni.entities[1].mentions[0].start == 1  # one word
 
 
 @pytest.mark.parametrize("entities, message", [

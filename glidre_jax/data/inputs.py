@@ -1,9 +1,12 @@
 """Prediction inputs -> `Document`s: DocRED dicts, reference GLiDRE dicts, or raw
 text with entities given as character-offset mentions.
 
-Raw text is split into words by `split_words` (runs of letters/digits, each
-other visible character alone, each CJK character alone); a mention must
-start and end on word boundaries of that split.
+Raw text is split into words by `split_words`, the official GLiDRE's
+splitter (GLiNER's "whitespace" WordsSplitter: runs of word characters, which
+may be joined by single hyphens or underscores, and every other non-space
+character alone), so an official checkpoint sees the words it would see
+through its own API; a mention must start and end on word boundaries of that
+split.
 
     {"title": "t1", "text": "Marie Curie was born in Warsaw.",
      "entities": [{"type": "PER", "mentions": [[0, 11]]},
@@ -22,10 +25,8 @@ from glidre_jax.data import readers
 from glidre_jax.data.documents import Document, Entity, Mention
 from glidre_jax.data.relations import RelationSchema
 
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-# A CJK character alone; a run of word characters other than CJK; any other
-# non-space character alone (punctuation, symbols, emoji, combining marks).
-_WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|\S")
+# GLiNER's WhitespaceTokenSplitter pattern ("New-York", "foo_bar" are one word).
+_WORD = re.compile(r"\w+(?:[-_]\w+)*|\S")
 _NO_SCHEMA = RelationSchema((), (), "<predict: gold labels ignored>")
 
 
