@@ -10,8 +10,9 @@
 Documents are featurized as in training and padded to the run's shape
 buckets, so one compiled step serves every batch of a bucket. Label vectors
 are computed once per label set and cached. Documents longer than the run's
-max_length are truncated, or encoded in overlapping windows when `stride` is
-given (`glidre_jax.data.windows`).
+max_length are encoded in overlapping windows starting every `stride`
+subwords (`glidre_jax.data.windows`; default: the run's data.window_stride,
+as it was trained and evaluated), or truncated when the stride is 0.
 """
 from __future__ import annotations
 
@@ -46,9 +47,10 @@ class GLiDREPredictor:
     self.buckets = buckets or featurize_lib.Buckets(
         tuple(d.seq_buckets), tuple(d.word_buckets), tuple(d.entity_buckets))
     self.batch_size = int(batch_size or d.eval_batch_size)
-    # None: documents longer than max_length subwords are truncated; an int:
-    # they are encoded in windows of max_length starting every `stride` subwords.
-    self.stride = stride
+    # 0: documents longer than max_length subwords are truncated; > 0: they are
+    # encoded in windows of max_length starting every `stride` subwords. None:
+    # as the run was trained and evaluated.
+    self.stride = int(d.window_stride if stride is None else stride)
     self._label_cache: dict[tuple[str, ...], tuple[dict, object]] = {}
     self.label_encoder_calls = 0  # label-encoder runs (cache misses)
 
@@ -126,7 +128,7 @@ class GLiDREPredictor:
   def featurize(self, docs: Sequence[Document]) -> list[dict]:
     """Unpadded features (no gold labels), windowed for long documents when
     `stride` is set; warns about entities lost to truncation otherwise."""
-    feats = [windows.featurize_long(doc, self.tokenizer, {}, self.max_length, self.stride or 0)
+    feats = [windows.featurize_long(doc, self.tokenizer, {}, self.max_length, self.stride)
              for doc in docs]
     lost = [(f["title"], f["dropped_entities"]) for f in feats if f["dropped_entities"]]
     if lost:

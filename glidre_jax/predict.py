@@ -82,7 +82,7 @@ def run(args) -> int:
   decoding.make_decoder(labels, args.threshold, label_thresholds=label_thresholds,
                         top_k=args.top_k, constraints=constraints)  # validates the options
   kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
-  if args.stride:
+  if args.stride is not None:
     kwargs["stride"] = args.stride
   model = GLiDREPredictor.from_pretrained(args.checkpoint, args.which,
                                           text_encoder_dir=args.text_encoder_dir,
@@ -125,7 +125,8 @@ def main(argv=None) -> int:
                       help="documents per batch (default: the run's eval_batch_size)")
   parser.add_argument("--stride", type=int, default=None,
                       help="encode documents longer than the run's max_length in overlapping "
-                           "windows starting every STRIDE subwords (default: truncate them)")
+                           "windows starting every STRIDE subwords; 0 truncates them "
+                           "(default: the run's data.window_stride)")
   parser.add_argument("--text_encoder_dir", default=None, help="official checkpoints only")
   parser.add_argument("--label_encoder_dir", default=None, help="official checkpoints only")
   args = parser.parse_args(argv)

@@ -308,6 +308,29 @@ def test_long_documents_keep_every_entity(predictor, dev_docs):
   np.testing.assert_allclose(scores[0], p.scores([RAW], LABELS)[0], rtol=1e-6, atol=1e-7)
 
 
+def test_windowed_run_predicts_in_windows(run_dir, dev_docs, tmp_path):
+  """A run trained with data.window_stride > 0 loads with that stride: long
+  documents keep every entity, as in its training and evaluation."""
+  import shutil
+  windowed_run = tmp_path / "windowed_run"
+  shutil.copytree(run_dir, windowed_run)
+  config = run_setup.load_config(windowed_run)
+  config.data.window_stride = 64
+  run_setup.save_config(config, windowed_run)
+  loaded = GLiDREPredictor.from_pretrained(windowed_run)
+  assert loaded.stride == 64
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no entity is lost to truncation
+    scores = loaded.scores([dev_docs[0]], LABELS)[0]
+  n = len(dev_docs[0]["vertexSet"])
+  assert (scores.reshape(n, -1).max(1) > 0).all()
+  explicit = GLiDREPredictor.from_pretrained(run_dir, stride=64).scores([dev_docs[0]], LABELS)[0]
+  np.testing.assert_array_equal(scores, explicit)
+  truncating = GLiDREPredictor.from_pretrained(windowed_run, stride=0)
+  with pytest.warns(UserWarning, match="max_length=128"):
+    assert (truncating.scores([dev_docs[0]], LABELS)[0].reshape(n, -1).max(1) == 0).any()
+
+
 def test_evaluation_windows_long_documents(predictor, dev_docs, schema):
   """Evaluation features of documents over max_length keep every entity and
   every gold fact; scoring batches them in windows."""
