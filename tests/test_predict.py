@@ -283,8 +283,19 @@ def test_merge_windows_averages_overlaps():
   assert got_a[0, 1, 1] == (att[0, 1, 1] + att[1, 1, 1]) / 2 and got_a[0, 0, 2] == 0
 
 
-def test_one_window_gives_the_single_pass_scores(predictor):
-  doc = inputs.to_document(RAW)
+NBSP_DOC = {"id": "nbsp", "tokenized_text": ["Kriegers", "Flak", "lies", "15", "\xa0", "km", "off",
+                                           "Denmark", "\xa0", "."],
+            "mentions": [{"id": 0, "type": "LOC", "mentions": [{"value": "Kriegers Flak",
+                                                                "start": 0, "end": 1}]},
+                         {"id": 1, "type": "NUM", "mentions": [{"value": "15 km", "start": 3,
+                                                                "end": 5}]},
+                         {"id": 2, "type": "LOC", "mentions": [{"value": "Denmark", "start": 7,
+                                                                "end": 8}]}]}
+
+
+@pytest.mark.parametrize("raw", [RAW, NBSP_DOC], ids=["raw", "words-without-subwords"])
+def test_one_window_gives_the_single_pass_scores(predictor, raw):
+  doc = inputs.to_document(raw)
   plain = predictor.featurize([doc])[0]
   windowed = windows.featurize_windows(doc, predictor.tokenizer, predictor.max_length, 64)
   assert windowed["input_ids"].shape[0] == 1
