@@ -28,7 +28,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=384, dropout=0.4, pooling="mean", lop=True,
       adaptive_threshold=False, label_max_length=16,
-      pair_chunk_size=0))  # >0: score pairs in blocks (memory bounded in E)
+      pair_chunk_size=0,  # >0: score pairs in blocks (memory bounded in E)
+      # (e, e) pairs: False leaves them out of the loss, of evaluation and of
+      # predictions (Re-DocRED, DocRED and CDR have no self facts); True scores
+      # them as the official code does (set it for data with self relations).
+      self_pairs=False))
 
   c.data = ml_collections.ConfigDict(dict(
       dataset="redocred",  # "redocred" | "cdr" | "glidre" (your own GLiDRE-format files)

@@ -90,10 +90,6 @@ def export_glidre(model: GLiDRE, out_dir: str | os.PathLike,
   `official_fields` override other glidre_config.json fields (e.g. max_len).
   """
   cfg = model.config
-  if cfg.adaptive_threshold:
-    raise official.UnsupportedCheckpointError(
-        "the adaptive-threshold head has no counterpart in the official layout "
-        "(its threshold_layer is a different MLP); export a model without it")
   out = pathlib.Path(out_dir).absolute()
   out.mkdir(parents=True, exist_ok=True)
   text, label = encoder_modules(model)

@@ -123,6 +123,8 @@ def save_as_run(model: GLiDRE, desc: OfficialModel, workdir: str | os.PathLike,
   config.text_encoder = str(_run_encoder_dir(desc, "text", workdir))
   config.label_encoder = str(_run_encoder_dir(desc, "labels", workdir))
   config.model.update(dataclasses.asdict(model.config))
+  if model.config.adaptive_threshold:  # the loss that trains the threshold_layer
+    config.train.loss = "adaptive_threshold"
   run_setup.save_config(config, workdir)
   params = nnx.as_pure(nnx.split(model, nnx.Param, ...)[1])
   checkpoints = checkpointing.RunCheckpoints(workdir, save_every=1)

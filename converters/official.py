@@ -65,7 +65,8 @@ OFFICIAL_DEFAULTS: dict[str, Any] = {
 # exactly these values (an absent field means the official default).
 SUPPORTED_OPTIONS = {"span_mode": "markerV0", "post_fusion_schema": "", "fuse_layers": False,
                      "cross_attention": False, "subtoken_pooling": "first"}
-# Losses that add the official `threshold_layer` (not our threshold head).
+# Official losses that build its `threshold_layer` (our model.adaptive_threshold;
+# exports write the first).
 THRESHOLD_LOSSES = ("atloss", "afloss")
 
 
@@ -90,8 +91,6 @@ def check_supported(official: Mapping[str, Any], source: str) -> None:
   if not official.get("labels_encoder"):
     problems.append("labels_encoder is empty (uni-encoder GLiNER; only the bi-encoder "
                     "GLiDRE is supported)")
-  if official.get("loss") in THRESHOLD_LOSSES:
-    problems.append(f"loss={official['loss']!r} (its threshold_layer is not implemented)")
   if problems:
     raise UnsupportedCheckpointError(f"{source}: unsupported GLiDRE options: "
                                      + "; ".join(problems))
@@ -99,7 +98,10 @@ def check_supported(official: Mapping[str, Any], source: str) -> None:
 
 def head_fields(official: Mapping[str, Any]) -> dict[str, Any]:
   """Our GLiDREConfig fields from an official config (absent -> ours default)."""
-  return {ours: official[theirs] for ours, theirs in HEAD_FIELDS.items() if theirs in official}
+  fields = {ours: official[theirs] for ours, theirs in HEAD_FIELDS.items() if theirs in official}
+  # The official model has a threshold_layer exactly when its loss is one of these.
+  fields["adaptive_threshold"] = official.get("loss") in THRESHOLD_LOSSES
+  return fields
 
 
 def official_config(head: Mapping[str, Any], text_name: str, label_name: str,
@@ -108,6 +110,8 @@ def official_config(head: Mapping[str, Any], text_name: str, label_name: str,
   """A full official `glidre_config.json` from our head fields and encoders."""
   cfg = dict(OFFICIAL_DEFAULTS)
   cfg.update({theirs: head[ours] for ours, theirs in HEAD_FIELDS.items()})
+  if head.get("adaptive_threshold"):  # the official model then builds its threshold_layer
+    cfg["loss"] = THRESHOLD_LOSSES[0]
   cfg.update(model_name=text_name, labels_encoder=label_name,
              encoder_config=dict(text_hf), labels_encoder_config=dict(label_hf))
   unknown = set(overrides) - set(cfg)

@@ -101,6 +101,12 @@ class TorchGLiDRE(nn.Module):
     self.token_rep_layer = TokenRep(hidden, text_hf, label_hf)
     self.span_rep_layer = RelRep(hidden, dropout, bool(official_cfg.get("atlop", True)))
     self.prompt_rep_layer = projection_ffn(hidden, hidden, dropout)
+    # The official adaptive-threshold variant (its losses atloss / afloss):
+    # threshold logit = threshold_layer([mean of the label vectors; r]).
+    self.threshold_layer = (
+        nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                      nn.Linear(hidden, 1))
+        if official_cfg.get("loss") in official.THRESHOLD_LOSSES else None)
 
   # --- the model ---------------------------------------------------------
 
@@ -171,14 +177,18 @@ class TorchGLiDRE(nn.Module):
     tail = torch.tanh(rel.tail_extractor(torch.cat([tails, context], dim=-1)))
     return rel.projection(torch.cat([head, tail], dim=-1))
 
-  def forward(self, batch: Mapping[str, np.ndarray]) -> torch.Tensor:
-    """Logits [B, E, E, K] (zeros for padding documents)."""
+  def forward(self, batch: Mapping[str, np.ndarray], with_threshold: bool = False):
+    """Logits [B, E, E, K] (zeros for padding documents); with_threshold:
+    (logits, threshold logits [B, E, E]) of the threshold_layer variant."""
     t = lambda name: torch.as_tensor(np.asarray(batch[name]))
     labels = self.encode_labels(t("label_input_ids").long(), t("label_attention_mask").long())
+    # The official model sees only real labels: its threshold input is their mean.
+    label_mean = labels[t("label_mask").bool()].mean(0)
     ids, att_mask, word_index = t("input_ids").long(), t("attention_mask"), t("word_index").long()
     word_mask, weights = t("word_mask"), t("entity_word_weights").float()
     b, e, w = weights.shape
     logits = labels.new_zeros(b, e, e, labels.shape[0])
+    threshold = labels.new_zeros(b, e, e)
     for i in range(b):
       if not int(batch["doc_mask"][i]):
         continue
@@ -192,6 +202,13 @@ class TorchGLiDRE(nn.Module):
       words, word_att = self.word_features(tokens, att, words_mask, w)
       rel = self.relation_reps(words, word_att, weights[i])
       logits[i] = rel @ labels.T
+      if self.threshold_layer is not None:
+        threshold[i] = self.threshold_layer(
+            torch.cat([label_mean.expand_as(rel), rel], dim=-1))[..., 0]
+    if with_threshold:
+      if self.threshold_layer is None:
+        raise ValueError("this model has no threshold_layer (official loss atloss / afloss)")
+      return logits, threshold
     return logits
 
   def official_logits(self, tokenizer, words, entities, label_input_ids, label_attention_mask,

@@ -51,6 +51,8 @@ class GLiDREPredictor:
     # encoded in windows of max_length starting every `stride` subwords. None:
     # as the run was trained and evaluated.
     self.stride = int(d.window_stride if stride is None else stride)
+    # model.self_pairs: are (e, e) pairs scored (the rule training and evaluate follow)?
+    self.self_pairs = run_setup.model_config(config).self_pairs
     self._label_cache: dict[tuple[str, ...], tuple[dict, object]] = {}
     self.label_encoder_calls = 0  # label-encoder runs (cache misses)
 
@@ -125,10 +127,14 @@ class GLiDREPredictor:
 
   # -- documents --------------------------------------------------------------
 
-  def featurize(self, docs: Sequence[Document]) -> list[dict]:
+  def featurize(self, docs: Sequence[Document], self_pairs: bool | None = None) -> list[dict]:
     """Unpadded features (no gold labels), windowed for long documents when
-    `stride` is set; warns about entities lost to truncation otherwise."""
-    feats = [windows.featurize_long(doc, self.tokenizer, {}, self.max_length, self.stride)
+    `stride` is set; warns about entities lost to truncation otherwise.
+    self_pairs: score (e, e) pairs (None: the model's `self_pairs`)."""
+    self_pairs = self.self_pairs if self_pairs is None else self_pairs
+    pair_filter = None if self_pairs else featurize_lib.without_self_pairs()
+    feats = [windows.featurize_long(doc, self.tokenizer, {}, self.max_length, self.stride,
+                                    pair_filter=pair_filter)
              for doc in docs]
     lost = [(f["title"], f["dropped_entities"]) for f in feats if f["dropped_entities"]]
     if lost:
@@ -154,7 +160,8 @@ class GLiDREPredictor:
 
   def scores(self, documents: Sequence, labels: Sequence[str], *,
              batch_size: int | None = None, cache_labels: bool = True) -> list[np.ndarray]:
-    """Probabilities [E, E, K] per document (0 where a pair is not scored)."""
+    """Probabilities [E, E, K] per document (0 where a pair is not scored,
+    e.g. self pairs of a model with self_pairs=False)."""
     docs = inputs.to_documents(documents)
     feats = self.featurize(docs)
     out: list[np.ndarray | None] = [None] * len(docs)
@@ -167,7 +174,7 @@ class GLiDREPredictor:
 
   def predict(self, documents: Sequence, labels: Sequence[str], threshold: float = 0.5, *,
               label_thresholds: Mapping[str, float] | None = None, top_k: int | None = None,
-              drop_self_pairs: bool = True,
+              drop_self_pairs: bool | None = None,
               constraints: decoding.Constraints | None = None,
               batch_size: int | None = None, cache_labels: bool = True,
               progress: Callable | None = None) -> list[list[dict]]:
@@ -178,12 +185,15 @@ class GLiDREPredictor:
     label_thresholds: per-label overrides of `threshold`; top_k: at most k
     labels per pair; constraints: {label: (head types, tail types)} (None:
     any type) — pairs of other types never get that label.
+    drop_self_pairs: None follows the model's `self_pairs` (as training and
+    evaluation do); True / False drops / reports (e, e) pairs regardless.
     """
+    self_pairs = self.self_pairs if drop_self_pairs is None else not drop_self_pairs
     decoder = decoding.make_decoder(labels, threshold, label_thresholds=label_thresholds,
-                                    top_k=top_k, drop_self_pairs=drop_self_pairs,
+                                    top_k=top_k, drop_self_pairs=not self_pairs,
                                     constraints=constraints)
     docs = inputs.to_documents(documents)
-    feats = self.featurize(docs)
+    feats = self.featurize(docs, self_pairs)
     out: list[list[dict]] = [[] for _ in docs]
     for chunk, batch, probs in self._batches(feats, decoder.labels,
                                              batch_size or self.batch_size,

@@ -10,6 +10,10 @@ import jax
 import jax.numpy as jnp
 
 LOSSES = ("focal", "bce", "adaptive_threshold")
+# p_t is clamped to [EPS, 1 - EPS] before (1 - p_t)^γ, as the reference's
+# loss_functions.py does: for 0 < γ < 1 the factor's derivative
+# γ (1 - p_t)^(γ-1) is infinite once p_t rounds to 1 (|logit| > ~17 in fp32).
+FOCAL_EPS = 1e-7
 
 
 def _reduce(cell_loss: jax.Array, weight: jax.Array, reduction: str) -> jax.Array:
@@ -33,13 +37,17 @@ def bce_loss(logits, labels, valid, label_mask, reduction: str = "sum"):
 
 def focal_loss(logits, labels, valid, label_mask, alpha: float = 0.8,
                gamma: float = 3.0, reduction: str = "sum"):
-  """Sigmoid focal loss: BCE × α_t × (1 − p_t)^γ (α for positives)."""
+  """Sigmoid focal loss: BCE × α_t × (1 − p_t)^γ (α for positives), p_t
+  clamped to [FOCAL_EPS, 1 − FOCAL_EPS]; γ = 0 is plain α-weighted BCE."""
   labels = labels.astype(jnp.float32)
+  logits = logits.astype(jnp.float32)
   bce = jnp.logaddexp(0.0, logits) - logits * labels
-  p = jax.nn.sigmoid(logits)
-  p_t = p * labels + (1 - p) * (1 - labels)
   alpha_t = alpha * labels + (1 - alpha) * (1 - labels)
-  cell = alpha_t * (1 - p_t) ** gamma * bce
+  cell = alpha_t * bce
+  if gamma > 0:  # a Python float: static
+    p = jax.nn.sigmoid(logits)
+    p_t = jnp.clip(p * labels + (1 - p) * (1 - labels), FOCAL_EPS, 1 - FOCAL_EPS)
+    cell = cell * (1 - p_t) ** gamma
   return _reduce(cell, _cell_weight(valid, label_mask), reduction)
 
 

@@ -88,7 +88,7 @@ def run(args) -> int:
                                           text_encoder_dir=args.text_encoder_dir,
                                           label_encoder_dir=args.label_encoder_dir, **kwargs)
   results = model.predict(docs, labels, args.threshold, label_thresholds=label_thresholds,
-                          top_k=args.top_k, drop_self_pairs=not args.keep_self_pairs,
+                          top_k=args.top_k, drop_self_pairs=False if args.keep_self_pairs else None,
                           constraints=constraints,
                           progress=run_setup.progress_bar("predict"))
   out = pathlib.Path(args.output)
@@ -120,7 +120,8 @@ def main(argv=None) -> int:
                       help="JSON file {label: [[head types], [tail types]]} (null: any type)")
   parser.add_argument("--top_k", type=int, default=None, help="at most k labels per pair")
   parser.add_argument("--keep_self_pairs", action="store_true",
-                      help="also report (e, e) pairs")
+                      help="also report (e, e) pairs (default: as the model's "
+                      "model.self_pairs)")
   parser.add_argument("--batch_size", type=int, default=None,
                       help="documents per batch (default: the run's eval_batch_size)")
   parser.add_argument("--stride", type=int, default=None,

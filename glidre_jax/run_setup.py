@@ -112,9 +112,10 @@ class DataSetup:
 
   @property
   def pair_filter(self):
-    if self.config.data.dataset == "cdr":
-      return featurize_lib.type_pair_filter([("CHEM", "DISE")])
-    return None
+    base = (featurize_lib.type_pair_filter([("CHEM", "DISE")])
+            if self.config.data.dataset == "cdr" else None)
+    # model.self_pairs, one rule for the loss, evaluation and prediction.
+    return base if model_config(self.config).self_pairs else featurize_lib.without_self_pairs(base)
 
   @property
   def open_labels(self) -> OpenLabels | None:

@@ -82,6 +82,12 @@ def _encode(encoder, ids, mask):
   return encoder(ids, mask).last_hidden_state
 
 
+@nnx.jit
+def _forward_with_threshold(model, batch):
+  out = model(batch)
+  return out.logits, out.threshold_logits
+
+
 def _jax_logits(model, batch) -> np.ndarray:
   model.eval()
   return np.asarray(_forward(model, {k: jnp.asarray(v) for k, v in batch.items()}))
@@ -181,9 +187,11 @@ def test_exported_encoder_loads_in_automodel(exported, batch, minilm_dir, tmp_pa
                           "MiniLM")
 
 
-def _oracle(text_hf, label_hf, hidden=512, lop=True, pooling="mean", seed=0):
+def _oracle(text_hf, label_hf, hidden=512, lop=True, pooling="mean", seed=0,
+            adaptive_threshold=False):
   torch.manual_seed(seed)
-  cfg = official.official_config(dict(hidden_size=hidden, dropout=0.4, pooling=pooling, lop=lop),
+  cfg = official.official_config(dict(hidden_size=hidden, dropout=0.4, pooling=pooling, lop=lop,
+                                      adaptive_threshold=adaptive_threshold),
                                  "text", "labels", text_hf, label_hf)
   return TorchGLiDRE(cfg, text_hf, label_hf).eval()
 
@@ -295,18 +303,60 @@ def test_unsupported_encoder_and_options(tiny_export, tmp_path):
     TorchGLiDRE.from_pretrained(out)
   out = tmp_path / "cross"
   shutil.copytree(tiny_export, out)
-  official.write_config(out, official.read_config(out) | {"cross_attention": True,
-                                                          "loss": "atloss"})
-  with pytest.raises(official.UnsupportedCheckpointError,
-                     match=r"cross_attention=True.*loss='atloss'"):
+  official.write_config(out, official.read_config(out) | {"cross_attention": True})
+  with pytest.raises(official.UnsupportedCheckpointError, match=r"cross_attention=True"):
     import_glidre(out)
 
 
-def test_adaptive_threshold_model_is_not_exported(tiny_dirs, tmp_path):
+def _threshold_delta(ours, oracle, batch) -> tuple[float, float]:
+  """max |Δ| of (relation logits, threshold logits) over real pairs and labels."""
+  ours.eval()
+  model_logits, model_th = (np.asarray(x) for x in _forward_with_threshold(
+      ours, {k: jnp.asarray(v) for k, v in batch.items()}))
+  with torch.no_grad():
+    logits, th = (x.numpy() for x in oracle.eval()(batch, with_threshold=True))
+  pairs = (batch["pair_mask"] * batch["doc_mask"][:, None, None]).astype(bool)
+  return _max_delta(model_logits, logits, batch), float(np.abs(model_th - th)[pairs].max())
+
+
+def test_adaptive_threshold_export_round_trip_and_parity(tiny_dirs, batch, tmp_path):
+  """Our threshold head is the official threshold_layer: exported under
+  threshold_layer.{0,3}, with loss='atloss' so the official model builds it;
+  the torch oracle (official semantics: the mean of the real labels' vectors,
+  then Linear(2D, D) → ReLU → Linear(D, 1)) gives our threshold logits."""
   cfg = encoders.config_from_hf(encoders.common.read_hf_config(tiny_dirs["bert"]))
-  model = build_glidre(GLiDREConfig(hidden_size=40, adaptive_threshold=True), cfg, cfg)
-  with pytest.raises(official.UnsupportedCheckpointError, match="adaptive-threshold"):
-    export_glidre(model, tmp_path / "out", tiny_dirs["bert"], tiny_dirs["bert"])
+  model = build_glidre(GLiDREConfig(hidden_size=40, adaptive_threshold=True), cfg, cfg, seed=5)
+  out = export_glidre(model, tmp_path / "official", tiny_dirs["bert"], tiny_dirs["bert"])
+  state = weights.read_state_dict(out / official.SAFETENSORS)
+  shapes = {k: v.shape for k, v in state.items() if k.startswith("threshold_layer.")}
+  assert shapes == {"threshold_layer.0.weight": (40, 80), "threshold_layer.0.bias": (40,),
+                    "threshold_layer.3.weight": (1, 40), "threshold_layer.3.bias": (1,)}
+  assert official.read_config(out)["loss"] == "atloss"
+  back = import_glidre(out)
+  assert back.config.adaptive_threshold
+  _assert_same_params(model, back)
+  delta, th_delta = _threshold_delta(model, TorchGLiDRE.from_pretrained(out), batch)
+  print(f"threshold export: max |Δ logits| = {delta:.2e}, |Δ threshold| = {th_delta:.2e}")
+  assert delta <= TOL and th_delta <= TOL
+
+
+def test_import_of_torch_written_threshold_checkpoint(batch, tiny_dirs, tmp_path):
+  hf = encoders.common.read_hf_config(tiny_dirs["bert"])
+  oracle = _oracle(hf, hf, hidden=48, lop=False, adaptive_threshold=True, seed=2)
+  assert oracle.threshold_layer is not None
+  out = oracle.save_pretrained(tmp_path / "torch_glidre", tiny_dirs["bert"], tiny_dirs["bert"])
+  ours = import_glidre(out)
+  assert ours.config.adaptive_threshold and ours.threshold_layer.dense_in.kernel.shape == (96, 48)
+  delta, th_delta = _threshold_delta(ours, oracle, batch)
+  print(f"threshold import: max |Δ logits| = {delta:.2e}, |Δ threshold| = {th_delta:.2e}")
+  assert delta <= TOL and th_delta <= TOL
+  # The official afloss builds the same layer: it imports as the same model.
+  official.write_config(out, official.read_config(out) | {"loss": "afloss"})
+  _assert_same_params(ours, import_glidre(out))
+  # A threshold checkpoint loaded as a plain model names the extra keys.
+  official.write_config(out, official.read_config(out) | {"loss": ""})
+  with pytest.raises(keymap.CheckpointMismatchError, match=r"unmapped keys.*threshold_layer\.0"):
+    import_glidre(out)
 
 
 def test_import_cli_writes_a_restorable_run(tiny_export, tmp_path):

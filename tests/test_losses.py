@@ -31,7 +31,7 @@ def test_bce_matches_numpy():
 def test_focal_matches_numpy(alpha, gamma):
   logits, labels, valid, label_mask = _case(1)
   p = 1 / (1 + np.exp(-logits))
-  p_t = np.where(labels == 1, p, 1 - p)
+  p_t = np.clip(np.where(labels == 1, p, 1 - p), 1e-7, 1 - 1e-7)
   a_t = np.where(labels == 1, alpha, 1 - alpha)
   cell = a_t * (1 - p_t) ** gamma * _np_bce(logits, labels)
   expected = (cell * valid[..., None] * label_mask).sum()
@@ -40,6 +40,32 @@ def test_focal_matches_numpy(alpha, gamma):
   mean = losses.focal_loss(logits, labels, valid, label_mask, alpha=alpha,
                            gamma=gamma, reduction="mean")
   np.testing.assert_allclose(mean, expected / (valid.sum() * label_mask.sum()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.8, 3.0])
+def test_focal_gradient_is_finite_for_saturated_logits(gamma):
+  """γ = 0.8 (the official run's effective γ): without the reference's clamp of
+  p_t to [1e-7, 1 - 1e-7], d/dx (1 - p_t)^γ is infinite once p_t rounds to 1."""
+  import jax
+  logits = jnp.asarray([[[[30.0, -30.0, 30.0, -30.0, 17.5, -17.5, 0.3]]]])
+  labels = jnp.asarray([[[[1, 0, 0, 1, 1, 0, 1]]]])
+  valid, label_mask = jnp.ones((1, 1, 1), bool), jnp.ones(7)
+  loss, grad = jax.value_and_grad(losses.focal_loss)(logits, labels, valid, label_mask,
+                                                     alpha=0.8, gamma=gamma)
+  assert np.isfinite(loss) and np.isfinite(np.asarray(grad)).all(), grad
+  # The clamp reproduces the reference's numbers: p_t in [1e-7, 1 - 1e-7].
+  x, y = np.asarray(logits, np.float64), np.asarray(labels)
+  p = 1 / (1 + np.exp(-x))
+  p_t = np.clip(np.where(y == 1, p, 1 - p), 1e-7, 1 - 1e-7)
+  bce = np.logaddexp(0, x) - x * y
+  expected = (np.where(y == 1, 0.8, 0.2) * (1 - p_t) ** gamma * bce).sum()
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  # Confident right answers (±30 on the right side) get no gradient, wrong ones
+  # a gradient of about α_t (the BCE slope): the loss still trains them.
+  g = np.asarray(grad)[0, 0, 0]
+  assert abs(g[0]) < 1e-6 and abs(g[1]) < 1e-6
+  np.testing.assert_allclose(g[2], 0.2, rtol=1e-3)
+  np.testing.assert_allclose(g[3], -0.8, rtol=1e-3)
 
 
 def test_adaptive_threshold_matches_numpy():

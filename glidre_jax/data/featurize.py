@@ -89,6 +89,24 @@ def type_pair_filter(allowed: Sequence[tuple[str, str]]) -> PairFilter:
 cdr_pair_filter = type_pair_filter([("CHEM", "DISE")])
 
 
+def without_self_pairs(pair_filter: PairFilter | None = None) -> PairFilter:
+  """`pair_filter` (None: every pair) minus the self pairs (e, e)
+  (`model.self_pairs=False`)."""
+  def fn(doc: Document) -> np.ndarray:
+    keep = ~np.eye(len(doc.entities), dtype=bool)
+    return keep if pair_filter is None else keep & _filtered(pair_filter, doc)
+  return fn
+
+
+def _filtered(pair_filter: PairFilter, doc: Document) -> np.ndarray:
+  keep = np.asarray(pair_filter(doc), dtype=bool)
+  n_ent = len(doc.entities)
+  if keep.shape != (n_ent, n_ent):
+    raise ValueError(f"document {doc.title!r}: pair_filter returned shape {keep.shape}, "
+                     f"expected {(n_ent, n_ent)}")
+  return keep
+
+
 def featurize(doc: Document, tokenizer, label_index: Mapping[str, int], max_length: int, *,
               pair_filter: PairFilter | None = None) -> dict[str, np.ndarray]:
   """One document's unpadded features.
@@ -119,11 +137,7 @@ def featurize(doc: Document, tokenizer, label_index: Mapping[str, int], max_leng
 
   pair_mask = entity_mask[:, None] * entity_mask[None, :]
   if pair_filter is not None:
-    keep = np.asarray(pair_filter(doc), dtype=bool)
-    if keep.shape != (n_ent, n_ent):
-      raise ValueError(f"document {doc.title!r}: pair_filter returned shape {keep.shape}, "
-                       f"expected {(n_ent, n_ent)}")
-    pair_mask = pair_mask * keep
+    pair_mask = pair_mask * _filtered(pair_filter, doc)
   pair_mask = pair_mask.astype(np.int32)
 
   labels = np.zeros((n_ent, n_ent, len(label_index)), np.int32)

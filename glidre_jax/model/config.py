@@ -17,6 +17,10 @@ class GLiDREConfig:
   # Pairs scored per block (0: all E² at once). Bounds peak memory for
   # entity-dense documents; training rematerialises each block.
   pair_chunk_size: int = 0
+  # Score (e, e) pairs? Off: they are out of the loss, of evaluation and of
+  # predictions (Re-DocRED, DocRED and CDR have no self facts). The official
+  # code scores them everywhere (as negatives in training).
+  self_pairs: bool = False
 
   def __post_init__(self):
     if self.pooling not in POOLINGS:

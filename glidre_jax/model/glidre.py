@@ -21,6 +21,7 @@ from glidre_jax.model.windows import merge_windows
 
 _EPS_POOL = 1e-7  # as the reference: sum / (number of mention words + eps)
 _EPS_LOP = 1e-5  # ATLOP's normaliser of the localized attention
+_LSE_MASK = -1e9  # log-weight of words outside an entity (the reference masks with -1e9)
 
 
 @dataclasses.dataclass
@@ -63,7 +64,11 @@ def pool_entities(words: jax.Array, word_att: jax.Array, weights: jax.Array,
   if pooling == "mean":
     entities = (weights @ words.astype(jnp.float32)) / (count + _EPS_POOL)
   else:  # logsumexp over the same words, each taken as often as it occurs
-    log_w = jnp.where(weights > 0, jnp.log(jnp.maximum(weights, 1e-30)), -jnp.inf)
+    # Words outside the entity get a large finite offset, not -inf: a row with
+    # no word (padded entity slot) would otherwise give inf - inf = NaN in the
+    # backward pass, which the `where` below cannot stop.
+    inside = weights > 0
+    log_w = jnp.where(inside, jnp.log(jnp.where(inside, weights, 1.0)), _LSE_MASK)
     entities = jax.nn.logsumexp(
         words.astype(jnp.float32)[:, None] + log_w[..., None], axis=2)
     entities = jnp.where(count > 0, entities, 0.0)
@@ -189,8 +194,10 @@ class GLiDRE(nnx.Module):
                                          dtype=dtype, rngs=rngs)
     self.span_rep_layer = RelRep(cfg, dtype=dtype, rngs=rngs)
     self.prompt_rep_layer = FFN(d, d, cfg.dropout, dtype=dtype, rngs=rngs)
-    self.threshold_head = (FFN(2 * d, 1, cfg.dropout, dtype=dtype, rngs=rngs)
-                           if cfg.adaptive_threshold else None)
+    # The official `threshold_layer`: Linear(2D, D) → ReLU → Dropout → Linear(D, 1)
+    # on [mean label vector; r] (spec §1.11, §5).
+    self.threshold_layer = (FFN(2 * d, 1, cfg.dropout, hidden=d, dtype=dtype, rngs=rngs)
+                            if cfg.adaptive_threshold else None)
     # Dropout keys of the pair blocks come from here, drawn once per call, so
     # blocks inside lax.map never touch (mutate) an rng stream.
     self.pair_dropout = common.Dropout(cfg.dropout, rngs=rngs)
@@ -215,8 +222,12 @@ class GLiDRE(nnx.Module):
     return self.span_rep_layer.entity_context(words, word_att, batch["entity_word_weights"])
 
   def score_pairs(self, ctx: EntityContext, pair_ids: jax.Array, labels: jax.Array,
-                  dropout_key: jax.Array | None = None) -> GLiDREOutput:
-    """Outputs for the pairs `pair_ids` (h·E + t) [C]: logits [B, C, K]."""
+                  dropout_key: jax.Array | None = None,
+                  label_mask: jax.Array | None = None) -> GLiDREOutput:
+    """Outputs for the pairs `pair_ids` (h·E + t) [C]: logits [B, C, K].
+
+    label_mask [K] (None: all real) marks the real labels, over which the
+    threshold layer takes its mean label vector."""
     num_entities = ctx.entities.shape[1]
     rel_key, th_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     relations = self.span_rep_layer(ctx, pair_ids // num_entities, pair_ids % num_entities,
@@ -225,9 +236,11 @@ class GLiDRE(nnx.Module):
     logits = sharding.constrain(jnp.einsum("bcd,kd->bck", relations, labels),
                                 "batch", "pairs", "labels")
     threshold = None
-    if self.threshold_head is not None:
-      label_part = self.threshold_head.left_part(labels.mean(0))  # same for every pair
-      threshold = self.threshold_head.call_with_left_part(
+    if self.threshold_layer is not None:
+      mask = jnp.ones(labels.shape[:1]) if label_mask is None else label_mask
+      label_mean = masked_mean(labels, mask, axis=0)  # padded labels do not count
+      label_part = self.threshold_layer.left_part(label_mean)  # same for every pair
+      threshold = self.threshold_layer.call_with_left_part(
           jnp.broadcast_to(label_part, relations.shape[:2] + label_part.shape), relations,
           th_key)[..., 0]
     return GLiDREOutput(logits=logits, threshold_logits=threshold)
@@ -240,6 +253,7 @@ class GLiDRE(nnx.Module):
     if label_vectors is None:
       label_vectors = self.encode_labels(batch["label_input_ids"],
                                          batch["label_attention_mask"])
+    label_mask = batch.get("label_mask")
     ctx = self.entity_context(batch)
     b, e = ctx.entities.shape[:2]
     num_pairs = e * e
@@ -248,7 +262,7 @@ class GLiDRE(nnx.Module):
       key = self.pair_dropout.rngs()
     chunk = self.config.pair_chunk_size
     if not chunk or chunk >= num_pairs:
-      out = self.score_pairs(ctx, jnp.arange(num_pairs), label_vectors, key)
+      out = self.score_pairs(ctx, jnp.arange(num_pairs), label_vectors, key, label_mask)
     else:
       num_blocks = -(-num_pairs // chunk)
       # Padded ids repeat the last pair; their outputs are cut off below.
@@ -260,7 +274,7 @@ class GLiDRE(nnx.Module):
       def block(args):
         block_ids, block_key = args
         return self.score_pairs(ctx, block_ids, label_vectors,
-                                None if key is None else block_key)
+                                None if key is None else block_key, label_mask)
 
       blocks = jax.lax.map(block, (ids, keys))
       join = lambda x: jnp.moveaxis(x, 0, 1).reshape((b, num_blocks * chunk) + x.shape[3:])[

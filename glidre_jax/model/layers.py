@@ -9,16 +9,19 @@ from glidre_jax.encoders import common
 
 
 class FFN(nnx.Module):
-  """Linear(in, 4·out) → ReLU → Dropout → Linear(4·out, out).
+  """Linear(in, hidden) → ReLU → Dropout → Linear(hidden, out); hidden = 4·out
+  unless given.
 
-  GLiNER's `create_projection_layer`; torch indices `.0` and `.3`.
+  GLiNER's `create_projection_layer` (hidden 4·out); torch indices `.0` and `.3`.
+  The official adaptive-threshold layer is the same shape with hidden = D.
   """
 
-  def __init__(self, d_in: int, d_out: int, dropout: float, *, dtype,
-               rngs: nnx.Rngs):
-    self.dense_in = nnx.Linear(d_in, 4 * d_out, dtype=dtype, rngs=rngs)
+  def __init__(self, d_in: int, d_out: int, dropout: float, *, hidden: int | None = None,
+               dtype, rngs: nnx.Rngs):
+    hidden = 4 * d_out if hidden is None else hidden
+    self.dense_in = nnx.Linear(d_in, hidden, dtype=dtype, rngs=rngs)
     self.dropout = common.Dropout(dropout, rngs=rngs)
-    self.dense_out = nnx.Linear(4 * d_out, d_out, dtype=dtype, rngs=rngs)
+    self.dense_out = nnx.Linear(hidden, d_out, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
     return self._tail(self.dense_in(x), dropout_key)

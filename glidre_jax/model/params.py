@@ -15,8 +15,9 @@ HEAD_TABLE = KeyTable(
     + ffn_rules("span_rep_layer.tail_extractor")
     + ffn_rules("span_rep_layer.projection")
     + ffn_rules("prompt_rep_layer")
-    # Not in the official model: our adaptive-threshold head (spec §1.11).
-    + ffn_rules("threshold_head"),
+    # The adaptive-threshold variant only (official losses atloss / afloss):
+    # Linear(2D, D) → ReLU → Dropout → Linear(D, 1), spec §5.
+    + ffn_rules("threshold_layer"),
     # The official config defaults to has_rnn=True, which builds an LSTM that
     # the relation model never calls: its weights are dropped on import.
     ignore_torch=[r"rnn\..*"])

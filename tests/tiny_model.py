@@ -1,0 +1,22 @@
+"""Tiny random GLiDREs for tests that exercise code paths, not accuracy.
+
+One-layer BERTs with MiniLM's vocabulary (30 522 ids), so the shipped MiniLM
+tokenizer and the shipped documents feed them; built in well under a second.
+"""
+from __future__ import annotations
+
+from glidre_jax.encoders.bert.modeling import BertConfig
+from glidre_jax.model.config import GLiDREConfig
+from glidre_jax.model.glidre import GLiDRE, build_glidre
+
+
+def tiny_bert(hidden: int = 32, dropout: float = 0.0) -> BertConfig:
+  return BertConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4,
+                    intermediate_size=2 * hidden, hidden_dropout_prob=dropout,
+                    attention_probs_dropout_prob=0.0)
+
+
+def tiny_glidre(cfg: GLiDREConfig, *, seed: int = 0, text_hidden: int = 32,
+                label_hidden: int = 32) -> GLiDRE:
+  """A random GLiDRE on tiny encoders (projections when widths differ from D)."""
+  return build_glidre(cfg, tiny_bert(text_hidden), tiny_bert(label_hidden), seed=seed)
