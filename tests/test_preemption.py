@@ -158,3 +158,39 @@ def test_no_readable_checkpoint_stops_with_an_error_naming_them(command, referen
       error], out.stderr[-4000:]
   assert _resumed_step(log) is None and not (workdir / "summary.json").exists()  # no step ran
   assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6"]  # left as they were
+
+
+def _cut_short(path: pathlib.Path) -> None:
+  text = path.read_text()
+  path.write_text(text[:len(text) // 2])
+
+
+def test_damaged_run_config_is_an_error_naming_it(tmp_path):
+  from configs import default
+  from glidre_jax import GLiDRE, run_setup
+  run_setup.save_config(default.get_config(), tmp_path)
+  assert run_setup.load_config(tmp_path).data.batch_size == default.get_config().data.batch_size
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]  # written via a renamed temporary
+  _cut_short(tmp_path / "config.json")
+  for load in (run_setup.load_config, GLiDRE.from_pretrained):
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "config.json"))
+                       + r": the run's config is not valid JSON .*rerun the training command"):
+      load(tmp_path)
+  (tmp_path / "config.json").write_text('{"data": {}}')
+  with pytest.raises(ValueError, match=r"not a glidre_jax.train run config \(missing "
+                                       r"text_encoder, label_encoder, model, train\)"):
+    run_setup.load_config(tmp_path)
+
+
+def test_damaged_official_config_is_an_error_naming_it(tmp_path):
+  from converters import official
+  from glidre_jax import GLiDRE
+  official_dir = tmp_path / "glidre_pt"
+  official_dir.mkdir()
+  (official_dir / official.CONFIG_FILE).write_text('{"max_len": 384, "hidden_si')
+  path = re.escape(str(official_dir / official.CONFIG_FILE))
+  with pytest.raises(ValueError, match=path + r": invalid JSON .*damaged or was cut short"):
+    GLiDRE.from_pretrained(official_dir)
+  (official_dir / official.CONFIG_FILE).write_text("[1, 2]")
+  with pytest.raises(ValueError, match=path + r": a JSON list, not an object"):
+    official.read_config(official_dir)
