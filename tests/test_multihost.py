@@ -2,6 +2,8 @@
 batch shapes, and two processes (gloo) train like one."""
 import json
 import os
+import pathlib
+import signal
 import subprocess
 import sys
 
@@ -12,7 +14,10 @@ from glidre_jax.data import windows
 from glidre_jax.data.featurize import Buckets
 from glidre_jax.data.pipeline import build_dataset, make_iterator
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "scripts"))
+import tiny_run  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _shapes(batch):
@@ -104,4 +109,67 @@ def test_two_processes_match_one_and_resume_across_processes(tmp_path):
   expected = _losses(single)
   assert sorted(first) == [1, 2] and sorted(second) == [3, 4]
   for step, loss in {**first, **second}.items():
+    assert loss == pytest.approx(expected[step], rel=1e-5), (step, loss, expected[step])
+
+
+def _run_all(argv, env, timeout=600):
+  """Runs a command and all its children; on timeout (a hung collective) the
+  whole process group is killed and the test fails."""
+  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  try:
+    log, _ = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    log, _ = proc.communicate()
+    pytest.fail(f"timed out after {timeout} s (a collective mismatch hangs):\n{log[-3000:]}")
+  assert proc.returncode == 0, log[-5000:]
+  return log
+
+
+@pytest.mark.slow
+def test_two_processes_cross_buckets_and_windows_like_one(tmp_path):
+  """2 processes × 1 device equal 1 process × 2 devices over an epoch whose
+  global batches take several of the embedded default's buckets, single-pass
+  and windowed (documents over max_length subwords). Each process used to
+  pick the bucket of its own rows and the run died in gloo ('Received data
+  size doesn't match expected size')."""
+  from glidre_jax.data.tokenize import load_tokenizer, minilm_path, tokenize_words
+  encoder = tiny_run.tiny_bert(tmp_path / "bert")
+  # Sorted by length, the global batches are [dev 8, dev 6] (entity buckets 32
+  # and 16 on their own) and [dev 7, dev 5] (single-pass and 3 windows).
+  split, max_length, stride, steps = "dev[5:9]", 256, 128, 4
+  # The embedded default's buckets; documents over 256 subwords come in windows.
+  args = lambda workdir, batch_size: ["--config=configs/default.py", *tiny_run.train_args(
+      encoder, workdir, tmp_path / "tfds", data__train_split=split,
+      data__max_length=max_length, data__window_stride=stride, data__batch_size=batch_size,
+      train__steps=steps, train__checkpoint_every=100)]
+  from configs import default
+  from glidre_jax.data import assets, readers, relations
+  d = default.get_config().data
+  assert (d.seq_buckets, d.word_buckets, d.entity_buckets) == ((256, 512), (128, 256, 512),
+                                                              (16, 32, 48))
+  docs = readers.read_docred(assets.asset_path("redocred", "dev_revised.json"),
+                             relations.RelationSchema.from_file(
+                                 assets.asset_path("docred", "rel_info.json")))[5:9]
+  tok = load_tokenizer(minilm_path())
+  long_docs = [x.title for x in docs if len(tokenize_words(tok, x.words, 10**9).input_ids)
+               > max_length]
+  assert 0 < len(long_docs) < len(docs)  # every step is a whole epoch's half: both kinds
+
+  single = tmp_path / "single"
+  _run_all([sys.executable, "-m", "glidre_jax.train", *args(single, 2)],
+           tiny_run.env(tmp_path / "cache_single", devices=2))
+  multi = tmp_path / "multi"
+  _run_all(["bash", "launch/local_multiprocess.sh", *args(multi, 1)],
+           {**tiny_run.env(tmp_path / "cache_multi", devices=1), "NUM_PROCESSES": "2",
+            "DEVICES_PER_PROCESS": "1", "PYTHON": sys.executable})
+  one, two = (json.loads((w / "summary.json").read_text()) for w in (single, multi))
+  # A compilation per global batch shape: several buckets were crossed.
+  assert one["train_step_compilations"] == two["train_step_compilations"] >= 2
+  expected = dict(one["logged_losses"])
+  got = dict(two["logged_losses"])
+  print("1 process × 2 devices:", expected, "\n2 processes × 1 device:", got)
+  assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
+  for step, loss in got.items():
     assert loss == pytest.approx(expected[step], rel=1e-5), (step, loss, expected[step])
