@@ -79,9 +79,16 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
   if not path.exists():
     raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (not a GLiDRE directory)")
   try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: invalid JSON ({e})") from e
+    value = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    value, problem = None, f"invalid JSON ({e})"
+  else:
+    problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+  if problem:
+    raise ValueError(f"{path}: {problem}; the GLiDRE config is damaged or was cut short. "
+                     "Copy the directory again, or rewrite it with the official "
+                     "save_pretrained / python -m converters.export_official") from None
+  return value
 
 
 def check_supported(official: Mapping[str, Any], source: str) -> None:

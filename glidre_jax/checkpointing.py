@@ -1,12 +1,37 @@
 """Orbax checkpoints of a run: the latest train state with the grain iterator
-state (for exact resume), and the best-on-dev parameters."""
+state (for exact resume), and the best-on-dev parameters.
+
+Saves are atomic (orbax writes a temporary directory and renames it when
+complete), so a run killed mid-save leaves its previous checkpoints whole.
+The KEEP_LATEST newest are kept: when the newest cannot be read (a truncated
+or corrupt file), the run resumes from the one before, with a warning.
+"""
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from glidre_jax import distributed
+
+log = logging.getLogger(__name__)
+
+KEEP_LATEST = 2  # a broken newest checkpoint falls back to the previous one
+BROKEN_DIR = "broken_checkpoints"  # where unreadable checkpoints are moved
+
+
+_LATEST_HELP = ("If they are damaged (a full disk, a copy cut short), delete those "
+                "directories, or use a new --workdir, to train again from step 0.")
+_BEST_HELP = ("If it is damaged, delete it (the next evaluation of a training run writes "
+              "it again) or use the 'latest' checkpoint.")
+
+
+class BrokenCheckpointError(RuntimeError):
+  """No checkpoint of a run can be read; the message names them and what to do."""
 
 
 def _keys_to_data(tree):
@@ -39,11 +64,12 @@ class RunCheckpoints:
   """`workdir/checkpoints` (latest state + data iterator) and `workdir/best`."""
 
   def __init__(self, workdir: str | pathlib.Path, save_every: int):
-    workdir = pathlib.Path(workdir).absolute()
+    self.workdir = workdir = pathlib.Path(workdir).absolute()
     self.latest = ocp.CheckpointManager(
         workdir / "checkpoints",
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, save_interval_steps=save_every,
-                                             create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=KEEP_LATEST,
+                                             save_interval_steps=save_every, create=True,
+                                             cleanup_tmp_directories=True),
         item_names=("state", "data"))
     self.best = ocp.CheckpointManager(
         workdir / "best",
@@ -56,44 +82,92 @@ class RunCheckpoints:
         data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
 
   def restore_latest(self, state_like, data_iterator):
-    """(step, state) from the latest checkpoint, the iterator restored in place;
-    None when there is none."""
-    step = self.latest.latest_step()
+    """(step, state) from the newest checkpoint that can be read, the iterator
+    restored in place; None when there is none.
+
+    An unreadable newer checkpoint is reported (a warning naming it) and moved
+    to `workdir/broken_checkpoints` once an older one restored; when none can
+    be read, BrokenCheckpointError. Never silently starts from step 0.
+    """
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like)),
+                              data=grain.checkpoint.CheckpointRestore(data_iterator))
+    step, restored = self._newest_readable(self.latest, args, _LATEST_HELP, set_aside=True)
     if step is None:
       return None
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state_like)),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return step, _data_to_keys(restored.state, state_like)
+
+  def _newest_readable(self, manager, args, what_to_do: str, set_aside: bool = False):
+    """(step, restored) of the newest checkpoint of `manager` that restores
+    on every process, or (None, None) when it has none. `set_aside`: move
+    the newer unreadable ones away once an older one restored."""
+    broken = []
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored, error = manager.restore(step, args=args), None
+      except Exception as e:  # noqa: BLE001 - any failure to read makes the checkpoint unusable
+        restored, error = None, e
+      if _on_every_process(error is None):
+        if set_aside:
+          self._set_aside(manager, [s for s, _, _ in broken])
+        return step, restored
+      path = _step_dir(manager, step)
+      reason = _reason(error) if error is not None else "unreadable on another process"
+      broken.append((step, path, reason))
+      log.warning("checkpoint %s cannot be read (%s)%s", path, reason,
+                  "; trying the previous one" if step != min(manager.all_steps()) else "")
+    if broken:
+      raise BrokenCheckpointError(
+          f"no checkpoint of {manager.directory} can be read: "
+          + "; ".join(f"{path} ({reason})" for _, path, reason in broken)
+          + ". If the run's config changed since they were written (model sizes, encoders, "
+          f"optimizer), use the config that wrote them. {what_to_do} Nothing was changed.")
+    return None, None
+
+  def _set_aside(self, manager, steps) -> None:
+    """Moves unreadable checkpoints out of the manager's directory (kept for
+    inspection), so that the resumed run can save those steps again."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      target = self.workdir / BROKEN_DIR
+      target.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        dest = target / f"{pathlib.Path(manager.directory).name}_{step}"
+        n = 1
+        while dest.exists():
+          dest, n = target / f"{pathlib.Path(manager.directory).name}_{step}.{n}", n + 1
+        _step_dir(manager, step).rename(dest)
+        log.warning("moved the unreadable checkpoint of step %d to %s", step, dest)
+    distributed.barrier("glidre_broken_checkpoints_moved")
+    manager.reload()
 
   def save_best(self, step: int, params, scores: dict) -> None:
     self.best.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), scores=ocp.args.JsonSave(scores)), force=True)
 
   def best_scores(self) -> dict | None:
-    step = self.best.latest_step()
-    if step is None:
-      return None
-    return self.best.restore(step, args=ocp.args.Composite(
-        scores=ocp.args.JsonRestore())).scores
+    step, restored = self._newest_readable(
+        self.best, ocp.args.Composite(scores=ocp.args.JsonRestore()), _BEST_HELP)
+    return None if step is None else restored.scores
 
   def restore_params(self, which: str, state_like):
     """Parameters of the 'best' or 'latest' checkpoint (`state_like`: a
-    TrainState of the run, abstract is enough)."""
+    TrainState of the run, abstract is enough). 'latest' is the newest one
+    that can be read (see restore_latest)."""
     if which == "best":
-      step = self.best.latest_step()
-      if step is None:
-        raise FileNotFoundError("this run has no best checkpoint yet (no evaluation ran)")
-      return self.best.restore(step, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(_abstract(state_like.params)))).params
-    if which != "latest":
+      manager, args = self.best, ocp.args.Composite(
+          params=ocp.args.StandardRestore(_abstract(state_like.params)))
+    elif which == "latest":
+      manager, args = self.latest, ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(state_like)))
+    else:
       raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
-    step = self.latest.latest_step()
-    if step is None:
-      raise FileNotFoundError("this run has no checkpoint")
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state_like))))
-    return restored.state.params
+    if manager.latest_step() is None:
+      raise FileNotFoundError(f"{self.workdir}: this run has no {which} checkpoint"
+                              + (" yet (no evaluation ran)" if which == "best" else ""))
+    _, restored = self._newest_readable(manager, args,
+                                        _BEST_HELP if which == "best" else _LATEST_HELP)
+    return restored.params if which == "best" else restored.state.params
 
   def wait(self):
     self.latest.wait_until_finished()
@@ -102,3 +176,27 @@ class RunCheckpoints:
   def close(self):
     self.latest.close()
     self.best.close()
+
+
+def _step_dir(manager, step: int):
+  return manager.directory / str(step)  # an epath.Path (local or gs://)
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an error's root cause (orbax wraps TensorStore's
+  errors), without the library's nested details."""
+  seen = {id(error)}
+  while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+    error = inner
+    seen.add(id(error))
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _on_every_process(ok: bool) -> bool:
+  """True when `ok` holds on every process: all restore the same step."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+

@@ -271,14 +271,33 @@ def data_setup(config) -> DataSetup:
 
 def save_config(config, workdir: pathlib.Path) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  # Written whole or not at all: a run killed here keeps its previous config.json.
+  tmp = workdir / "config.json.tmp"
+  tmp.write_text(config.to_json_best_effort(indent=2))
+  tmp.replace(workdir / "config.json")
+
+
+# Top-level fields every run config has (configs/default.py).
+_RUN_CONFIG_FIELDS = ("text_encoder", "label_encoder", "model", "data", "train")
 
 
 def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{workdir}: no config.json (not a glidre_jax.train run directory)")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  fix = ("glidre_jax.train writes it when a run starts: rerun the training command with the "
+         "same --config and --workdir (it resumes from the checkpoints), or restore the file "
+         "from a copy")
+  try:
+    value = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: the run's config is not valid JSON ({e}); the file is damaged "
+                     f"or was cut short. {fix}.") from None
+  missing = [k for k in _RUN_CONFIG_FIELDS if not isinstance(value, dict) or k not in value]
+  if missing:
+    raise ValueError(f"{path}: not a glidre_jax.train run config (missing "
+                     f"{', '.join(missing)}). {fix}.")
+  return ml_collections.ConfigDict(value)
 
 
 

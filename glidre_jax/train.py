@@ -107,7 +107,11 @@ def train(config, workdir: pathlib.Path) -> dict:
   checkpoints = checkpointing.RunCheckpoints(workdir, tc.checkpoint_every)
   start_step = 0
   if tc.resume:
-    restored = checkpoints.restore_latest(state, iterator)
+    try:
+      restored = checkpoints.restore_latest(state, iterator)
+    except checkpointing.BrokenCheckpointError:
+      checkpoints.close()
+      raise
     if restored is not None:
       start_step, state = restored
       log.info("resumed from step %d", start_step)
@@ -271,7 +275,10 @@ def main(argv):
   if _DRY_RUN.value:
     print(memory_report(config))
     return
-  summary = train(config, workdir)
+  try:
+    summary = train(config, workdir)
+  except checkpointing.BrokenCheckpointError as e:  # the message says what to do
+    sys.exit(f"error: {e}")
   best = summary["best_dev"]
   if jax.process_index() != 0:
     return

@@ -2,8 +2,8 @@
 
 `featurize` does the ragged work once per document (mentions -> entity word
 weights, relations -> label tensor); `collate` pads a list of features to the
-smallest shape bucket that holds its largest member, giving exactly the
-fields of `batch.py`.
+smallest shape bucket that holds its largest member (or given sizes), giving
+exactly the fields of `batch.py`.
 """
 from __future__ import annotations
 
@@ -202,10 +202,12 @@ def size_sorted_batches(features: Sequence[Mapping], batch_size: int,
 
 
 def collate(features: Sequence[Mapping | None], buckets: Buckets,
-            label_batch: Mapping[str, np.ndarray], batch_size: int | None = None
-            ) -> dict[str, np.ndarray]:
+            label_batch: Mapping[str, np.ndarray], batch_size: int | None = None, *,
+            need: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
   """Pad documents to the bucket of the largest member; B padded to batch_size.
 
+  `need`: (subwords, words, entities) the bucket must hold instead, e.g. those
+  of a whole global batch when `features` are one process's rows of it.
   `None` entries (and the rows added up to batch_size) are padding documents:
   all zeros, doc_mask 0. Returns exactly batch.DOC_FIELDS + LABEL_FIELDS.
   """
@@ -213,7 +215,9 @@ def collate(features: Sequence[Mapping | None], buckets: Buckets,
   if b < len(features):
     raise ValueError(f"{len(features)} documents for batch_size {batch_size}")
   real = [f for f in features if f is not None]
-  if real:
+  if need is not None:
+    shape = buckets.pick(*need, title="<global batch>")
+  elif real:
     dims = np.asarray([feature_shape(f) for f in real])
     big = np.argmax(dims, axis=0)
     shape = tuple(_smallest(getattr(buckets, dim), int(dims[big[i], i]), dim, real[big[i]]["title"])

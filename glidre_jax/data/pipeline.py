@@ -4,8 +4,9 @@ The dataset is built over document *indices* so every random choice is a pure
 function of seeds: the few-shot subset is fixed once (same documents every
 epoch), each process takes its own shard of it, and training shuffles with a
 fresh permutation per epoch (grain reseeds `shuffle` under `repeat`). Batches
-are padded to the bucket of their largest member, so at most
-`buckets.num_combinations` batch shapes exist. Iterators are grain
+are padded to the bucket of their largest member — in training, the largest
+member of the whole *global* batch, so every process builds the same shapes —
+and at most `buckets.num_combinations` batch shapes exist. Iterators are grain
 `DatasetIterator`s: `get_state()` / `set_state()` resume exactly.
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import open_labels as open_labels_lib
 from glidre_jax.data import windows
 from glidre_jax.data.documents import Document
-from glidre_jax.data.featurize import (Buckets, PairFilter, batch_stats, collate, featurize,
-                                       label_batch)
+from glidre_jax.data.featurize import (Buckets, PairFilter, batch_stats, collate, feature_shape,
+                                       featurize, label_batch)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,17 @@ class ProcessSlice(Sequence):
     return self.order[(batch * self.shards + self.shard) * self.batch_size + row]
 
 
+def _planned_shape(feat: Mapping, buckets: Buckets) -> tuple[bool, tuple[int, int, int]]:
+  """(windowed?, (subwords or windows, words, entities)) of one document's
+  features; a single-pass document too large for every bucket fails here,
+  before training starts, naming it."""
+  if windows.is_windowed(feat):
+    return True, windows.window_shape(feat)
+  shape = feature_shape(feat)
+  buckets.pick(*shape, title=feat["title"])
+  return False, shape
+
+
 def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str],
                   label_tokenizer=None, sort_window: int = 0,
                   batch_size: int, buckets: Buckets = Buckets(), max_length: int = 512,
@@ -179,12 +191,8 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
   read = (lambda i: source[i]) if decode is None else (lambda i: decode(source[i]))
   warned: set[int] = set()  # documents whose truncation was reported
 
-  def load(position_and_index) -> dict | None:
-    batch_number, index = position_and_index
-    index = int(index)
-    if index < 0:
-      return None  # shard padding
-    doc = read(index)
+  def featurize_doc(index: int, doc: Document) -> tuple[dict, tuple[str, ...] | None]:
+    """A document's features and its own label names (open labels; else None)."""
     own = open_labels_lib.document_label_names(doc.relations) if open_labels else None
     columns = label_index if own is None else {name: k for k, name in enumerate(own)}
     if window_stride:
@@ -196,8 +204,27 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
       warned.add(index)
       log.warning("document %r: %d entities lost every mention to truncation at %d subwords",
                   doc.title, feat["dropped_entities"], max_length)
+    return feat, own
+
+  def load(position_and_index) -> dict | None:
+    batch_number, index = position_and_index
+    index = int(index)
+    if index < 0:
+      return None  # shard padding
+    feat, own = featurize_doc(index, read(index))
     feat.update(doc_index=index, batch_number=batch_number, label_names=own)
     return feat
+
+  def global_need(batch_number: int) -> tuple[bool, tuple[int, int, int]]:
+    """(windowed?, sizes to hold) of a whole global batch, from the pre-pass's
+    per-document shapes: the same answer on every process, whichever rows it
+    collates, so all processes build arrays of one shape."""
+    docs = open_labels_lib.global_batch(order, batch_number, batch_size * shards)
+    plans = [shapes[i] for i in docs]
+    windowed = any(w for w, _ in plans)
+    # A single-pass document in a windowed batch is one window (windows.as_windowed).
+    dims = [(1,) + d[1:] if windowed and not w else d for w, d in plans]
+    return windowed, tuple(int(n) for n in np.max(dims, axis=0))
 
   def open_label_batch(features: Sequence[dict | None]) -> tuple[list, tuple, dict]:
     """The batch's features remapped to its label set, the names, and the label side."""
@@ -216,10 +243,14 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     names, labels = tuple(label_names), fixed_labels
     if open_labels:
       features, names, labels = open_label_batch(features)
-    if any(f is not None and windows.is_windowed(f) for f in features):
-      out = windows.collate_windows(features, buckets, labels, batch_size, max_length)
+    if train:  # the bucket of the global batch, not of this process's rows
+      windowed, need = global_need(next(f["batch_number"] for f in features if f is not None))
+    else:  # evaluation batches are this process's own
+      windowed, need = any(f is not None and windows.is_windowed(f) for f in features), None
+    if windowed:
+      out = windows.collate_windows(features, buckets, labels, batch_size, max_length, need=need)
     else:
-      out = collate(features, buckets, labels, batch_size)
+      out = collate(features, buckets, labels, batch_size, need=need)
     doc_index = np.full(batch_size, -1, np.int32)
     doc_index[:len(features)] = [-1 if f is None else f["doc_index"] for f in features]
     titles = tuple("" if f is None else f["title"] for f in features)
@@ -228,12 +259,15 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     return out
 
   if train:
-    sizes, doc_labels = {}, {}
-    if sort_window > 1 or open_labels:
-      for i in subset:  # one pass over the training documents, none kept in memory
-        doc = read(int(i))
-        sizes[int(i)] = doc.num_words
-        doc_labels[int(i)] = open_labels_lib.document_label_names(doc.relations)
+    # One pass over the training documents, none kept in memory: their
+    # lengths (sorting), relation names (open labels) and feature shapes
+    # (the bucket of every global batch, see global_need).
+    sizes, doc_labels, shapes = {}, {}, {}
+    for i in map(int, subset):
+      doc = read(i)
+      sizes[i] = doc.num_words
+      doc_labels[i] = open_labels_lib.document_label_names(doc.relations)
+      shapes[i] = _planned_shape(featurize_doc(i, doc)[0], buckets)
     order = EpochOrder(subset, sizes if sort_window > 1 else None, batch_size * shards,
                        sort_window, seed, num_epochs)
     positions = ProcessSlice(order, batch_size, shard, shards)

@@ -103,14 +103,17 @@ def as_windowed(feat: Mapping) -> dict:
 
 
 def collate_windows(features: Sequence[Mapping | None], buckets: featurize_lib.Buckets,
-                    label_batch: Mapping[str, np.ndarray], batch_size: int, window: int
-                    ) -> dict[str, np.ndarray]:
+                    label_batch: Mapping[str, np.ndarray], batch_size: int, window: int, *,
+                    need: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
   """Windowed features padded to [batch_size, N, window] and the word/entity
   buckets (grown as needed); N is rounded up to a power of two. `None`
-  entries are padding documents; single-pass features count as one window."""
+  entries are padding documents; single-pass features count as one window.
+  `need`: (windows, words, entities) to hold instead of the largest member's
+  (a whole global batch's, when `features` are one process's rows of it)."""
   features = [None if f is None else as_windowed(f) for f in features]
-  dims = np.asarray([window_shape(f) for f in features if f is not None])
-  need_n, need_w, need_e = dims.max(axis=0)
+  if need is None:
+    need = np.asarray([window_shape(f) for f in features if f is not None]).max(axis=0)
+  need_n, need_w, need_e = need
   n = 1 << int(need_n - 1).bit_length()
   # Any seq_len fits: windows have their own fixed length.
   _, w, e = buckets.grown(words=int(need_w), entities=int(need_e)).pick(

@@ -1,0 +1,196 @@
+"""Preemption: a training process killed with a real SIGKILL (no `finally`
+runs) at a random point after a checkpoint began, then restarted with the
+same command, continues with the uninterrupted run's losses; a damaged
+newest checkpoint falls back to the previous one; damaged run files stop
+with an error that names them."""
+import os
+import pathlib
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "scripts"))
+import tiny_run  # noqa: E402
+
+REPO = tiny_run.REPO
+STEPS, EVERY = 6, 2  # checkpoints at 2, 4, 6; the two newest are kept
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def command(tmp_path_factory):
+  """(argv builder, env) of one tiny single-bucket training command."""
+  root = tmp_path_factory.mktemp("preempt")
+  encoder = tiny_run.tiny_bert(root / "bert")
+
+  def argv(workdir):
+    return [sys.executable, "-m", "glidre_jax.train", "--config=configs/default.py",
+            *tiny_run.train_args(encoder, workdir, root / "tfds",
+                                 data__train_split="dev[:8]", data__batch_size=2,
+                                 data__max_length=128, data__seq_buckets="(128,)",
+                                 data__word_buckets="(128,)", data__entity_buckets="(48,)",
+                                 train__steps=STEPS, train__checkpoint_every=EVERY)]
+  return argv, tiny_run.env(root / "jax_cache", devices=1)
+
+
+def _run(command, workdir):
+  argv, env = command
+  out = subprocess.run(argv(workdir), cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+  return out, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def reference(command, tmp_path_factory):
+  """An uninterrupted run: its workdir and per-step losses."""
+  workdir = tmp_path_factory.mktemp("reference") / "run"
+  out, log = _run(command, workdir)
+  assert out.returncode == 0, log[-4000:]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6"]  # max_to_keep=2
+  losses = tiny_run.logged_losses(workdir)
+  assert sorted(losses) == list(range(1, STEPS + 1))
+  return workdir, losses
+
+
+def _resumed_step(log: str) -> int | None:
+  marker = "resumed from step "
+  return int(log.split(marker, 1)[1].split()[0]) if marker in log else None
+
+
+def _assert_same_curve(workdir, reference_losses, first_step):
+  losses = tiny_run.logged_losses(workdir)
+  assert sorted(losses) == list(range(first_step, STEPS + 1))
+  for step, loss in losses.items():
+    assert loss == pytest.approx(reference_losses[step], rel=1e-6), (step, loss)
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_began_then_restart_resumes_exactly(command, reference,
+                                                                       tmp_path):
+  seed = int(os.environ.get("GLIDRE_KILL_SEED", time.time_ns() % 10**6))
+  target = 2 * EVERY  # the second save: the first one is complete by then
+  # Seconds after the save's directory appeared: mid-write, or just after it
+  # was committed while training goes on.
+  delay = random.Random(seed).uniform(0.0, 1.5)
+  workdir = tmp_path / "run"
+  argv, env = command
+  proc = subprocess.Popen(argv(workdir), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpts = workdir / "checkpoints"
+  deadline = time.time() + TIMEOUT
+  try:
+    while not (ckpts.is_dir() and any(n.split(".")[0] == str(target) for n in os.listdir(ckpts))):
+      assert proc.poll() is None, f"training ended before the step-{target} checkpoint"
+      assert time.time() < deadline, "no checkpoint appeared"
+      time.sleep(0.005)
+    began = sorted(os.listdir(ckpts))
+    time.sleep(delay)
+    at_kill = sorted(os.listdir(ckpts))
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait()
+  point = (f"seed {seed}: killed {delay:.3f} s after the step-{target} save began "
+           f"(saw {began}; at the kill {at_kill})")
+  print(point)
+  assert proc.returncode == -signal.SIGKILL, point
+  assert not (workdir / "summary.json").exists(), point  # it really died mid-run
+
+  out, log = _run(command, workdir)
+  assert out.returncode == 0, point + log[-4000:]
+  resumed = _resumed_step(log)
+  complete = [int(n) for n in at_kill if n.isdigit()]
+  # Resumes from the newest complete checkpoint, never from scratch: the one
+  # being written if it was committed, else the one before.
+  assert resumed == max(complete) and resumed in (target - EVERY, target), (point, resumed)
+  print(f"{point}; resumed from step {resumed}")
+  _assert_same_curve(workdir, reference[1], resumed + 1)
+
+
+def _damage(step_dir: pathlib.Path) -> pathlib.Path:
+  """Truncates the largest file of a checkpoint to half its size."""
+  victim = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  with open(victim, "r+b") as f:
+    f.truncate(victim.stat().st_size // 2)
+  return victim
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(command, reference,
+                                                                    tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  (workdir / "summary.json").unlink()
+  _damage(workdir / "checkpoints" / "6")
+  out, log = _run(command, workdir)
+  assert out.returncode == 0, log[-4000:]
+  assert f"checkpoint {workdir / 'checkpoints' / '6'} cannot be read" in log, log[-4000:]
+  assert "Traceback" not in log
+  assert _resumed_step(log) == 4
+  assert (workdir / "broken_checkpoints" / "checkpoints_6").is_dir()  # kept for inspection
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6"]  # step 6 written again
+  _assert_same_curve(workdir, reference[1], 5)
+
+
+@pytest.mark.slow
+def test_no_readable_checkpoint_stops_with_an_error_naming_them(command, reference, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  (workdir / "summary.json").unlink()
+  for step in ("4", "6"):
+    _damage(workdir / "checkpoints" / step)
+  out, log = _run(command, workdir)
+  assert out.returncode == 1, log[-4000:]
+  error = out.stderr.strip().splitlines()[-1]
+  assert error.startswith("error: no checkpoint of"), out.stderr[-4000:]
+  for step in ("4", "6"):
+    assert str(workdir / "checkpoints" / step) in error
+  assert "delete those directories" in error
+  # The error paragraph is the only output besides log records: no traceback.
+  assert "Traceback" not in log
+  assert [line for line in out.stderr.splitlines() if not re.match(r"[IWE]\d{4} ", line)] == [
+      error], out.stderr[-4000:]
+  assert _resumed_step(log) is None and not (workdir / "summary.json").exists()  # no step ran
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6"]  # left as they were
+
+
+def _cut_short(path: pathlib.Path) -> None:
+  text = path.read_text()
+  path.write_text(text[:len(text) // 2])
+
+
+def test_damaged_run_config_is_an_error_naming_it(tmp_path):
+  from configs import default
+  from glidre_jax import GLiDRE, run_setup
+  run_setup.save_config(default.get_config(), tmp_path)
+  assert run_setup.load_config(tmp_path).data.batch_size == default.get_config().data.batch_size
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]  # written via a renamed temporary
+  _cut_short(tmp_path / "config.json")
+  for load in (run_setup.load_config, GLiDRE.from_pretrained):
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "config.json"))
+                       + r": the run's config is not valid JSON .*rerun the training command"):
+      load(tmp_path)
+  (tmp_path / "config.json").write_text('{"data": {}}')
+  with pytest.raises(ValueError, match=r"not a glidre_jax.train run config \(missing "
+                                       r"text_encoder, label_encoder, model, train\)"):
+    run_setup.load_config(tmp_path)
+
+
+def test_damaged_official_config_is_an_error_naming_it(tmp_path):
+  from converters import official
+  from glidre_jax import GLiDRE
+  official_dir = tmp_path / "glidre_pt"
+  official_dir.mkdir()
+  (official_dir / official.CONFIG_FILE).write_text('{"max_len": 384, "hidden_si')
+  path = re.escape(str(official_dir / official.CONFIG_FILE))
+  with pytest.raises(ValueError, match=path + r": invalid JSON .*damaged or was cut short"):
+    GLiDRE.from_pretrained(official_dir)
+  (official_dir / official.CONFIG_FILE).write_text("[1, 2]")
+  with pytest.raises(ValueError, match=path + r": a JSON list, not an object"):
+    official.read_config(official_dir)
