@@ -26,7 +26,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from converters import official
+from . import official
 from glidre_jax import encoders, keymap, weights
 from glidre_jax.model import params as glidre_params
 from glidre_jax.model.config import GLiDREConfig
@@ -114,8 +114,8 @@ def _run_encoder_dir(desc: OfficialModel, role: str, workdir: pathlib.Path) -> p
 def save_as_run(model: GLiDRE, desc: OfficialModel, workdir: str | os.PathLike,
                 seed: int = 0) -> pathlib.Path:
   """A run directory (default config + this model) with the model as 'best'."""
-  from configs import default
-  from glidre_jax import checkpointing, run_setup
+  from glidre_jax import checkpointing, run_setup, shipped
+  default = shipped.config_module("default")
   workdir = pathlib.Path(workdir).absolute()
   config = default.get_config()
   config.workdir = str(workdir)
