@@ -111,6 +111,24 @@ def _check_files(directory: pathlib.Path, required: Sequence, where: str) -> Non
       raise FileNotFoundError(f"{where}: no {' or '.join(names)}")
 
 
+# A GLiDRE model repository: ours (save_pretrained) or the official layout;
+# pytorch_model.bin only when an official repository has no safetensors.
+MODEL_FILES = ("*.json", "*.md", "*.txt", "*.model", "model.safetensors", "text_encoder/*",
+               "label_encoder/*", "labels_encoder/*")
+
+
+def model_dir(name: str, *, revision: str | None = None, cache_dir=None, token=None
+              ) -> pathlib.Path:
+  """A local GLiDRE directory, or the snapshot of the Hub repository `name`."""
+  path = resolve(name, what="GLiDRE model", revision=revision, patterns=MODEL_FILES,
+                 cache_dir=cache_dir, token=token)
+  if (path / "glidre_config.json").is_file() and not (path / "model.safetensors").is_file():
+    path = resolve(name, what="GLiDRE model", revision=revision,
+                   patterns=MODEL_FILES + ("pytorch_model.bin",),
+                   required=(ENCODER_WEIGHTS,), cache_dir=cache_dir, token=token)
+  return path
+
+
 def encoder_dir(name: str, *, weights: bool = True, cache_dir=None) -> pathlib.Path:
   """An encoder directory (config.json + tokenizer, and weights if asked for)
   from a local path or a Hub id ('BAAI/bge-large-en-v1.5')."""
