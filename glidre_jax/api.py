@@ -87,8 +87,9 @@ class GLiDREPredictor:
       return cls._from_official(path, text_encoder_dir, label_encoder_dir, import_to, **kwargs)
     if not (path / "config.json").exists():
       raise FileNotFoundError(
-          f"{path}: neither a glidre-jax run directory (config.json + checkpoints) nor an "
-          f"official GLiDRE directory ({OFFICIAL_CONFIG})")
+          f"{path}: neither a glidre-jax run directory (config.json + checkpoints), a saved "
+          f"model folder ({pretrained.CONFIG_FILE}) nor an official GLiDRE directory "
+          f"({OFFICIAL_CONFIG})")
     config, graphdef, params, rest = run_setup.restore_weights(path, which)
     model = cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config), **kwargs)
     model.run_dir = (path, which)

@@ -49,6 +49,18 @@ def offline() -> bool:
   return constants.HF_HUB_OFFLINE or env.strip().lower() in ("1", "on", "yes", "true")
 
 
+def default_cache_dir() -> str:
+  """The HF cache as the environment names it now: HF_HUB_CACHE, else
+  HF_HOME/hub (huggingface_hub reads both once, at import)."""
+  from huggingface_hub import constants
+  expand = lambda p: os.path.expandvars(os.path.expanduser(p))
+  if os.environ.get("HF_HUB_CACHE"):
+    return expand(os.environ["HF_HUB_CACHE"])
+  if os.environ.get("HF_HOME"):
+    return os.path.join(expand(os.environ["HF_HOME"]), "hub")
+  return constants.HF_HUB_CACHE
+
+
 def resolve(name: str | os.PathLike, *, what: str = "model", revision: str | None = None,
             patterns: Sequence[str] | None = None, required: Sequence[str] = (),
             cache_dir: str | os.PathLike | None = None, token: str | None = None
@@ -78,14 +90,14 @@ def resolve(name: str | os.PathLike, *, what: str = "model", revision: str | Non
 
 
 def _snapshot(repo_id, revision, what, patterns, cache_dir, token) -> pathlib.Path:
-  from huggingface_hub import constants, errors, snapshot_download
+  from huggingface_hub import errors, snapshot_download
   is_offline = offline()
   where = f"{what} {repo_id!r} (revision {revision or 'main'})"
-  cache = cache_dir or constants.HF_HUB_CACHE
+  cache = str(cache_dir or default_cache_dir())
   try:
     return pathlib.Path(snapshot_download(
         repo_id, revision=revision, allow_patterns=list(patterns) if patterns else None,
-        cache_dir=cache_dir, token=token, local_files_only=is_offline))
+        cache_dir=cache, token=token, local_files_only=is_offline))
   except errors.LocalEntryNotFoundError as err:
     if is_offline:
       raise HubError(
