@@ -115,14 +115,17 @@ def test_offline_errors_name_the_id(hf_home, minilm_dir):
     hub.encoder_dir(f"{MINILM_ID}@v9", weights=False)
 
 
-def test_config_encoders_by_hub_id(hf_home, minilm_dir):
+def test_config_encoders_by_hub_id(hf_home, minilm_dir, from_run):
   lay_out(hf_home / "hub", MINILM_ID, minilm_files(minilm_dir))
-  local = small_config()
   by_id = small_config()
   by_id.text_encoder = by_id.label_encoder = MINILM_ID
-  scores = [GLiDREPredictor.from_model(run_setup.build_model(c), c).scores([RAW], LABELS)[0]
-            for c in (local, by_id)]
-  np.testing.assert_array_equal(scores[0], scores[1])
+  model = run_setup.build_model(by_id)  # the run's model was built from 'minilm'
+  built = dict(jax.tree_util.tree_leaves_with_path(nnx.as_pure(nnx.state(model, nnx.Param))))
+  run = jax.tree_util.tree_leaves_with_path(from_run.params)
+  assert len(built) == len(run) and all(np.array_equal(v, built[k]) for k, v in run)
+  text_tok, label_tok = run_setup.load_tokenizers(by_id)
+  assert text_tok is label_tok and text_tok("Warsaw").input_ids == (
+      from_run.tokenizer("Warsaw").input_ids)
 
 
 def test_save_pretrained_roundtrip_is_exact(from_run, run_dir, tmp_path):
