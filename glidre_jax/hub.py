@@ -101,10 +101,10 @@ def _snapshot(repo_id, revision, what, patterns, cache_dir, token) -> pathlib.Pa
   except errors.LocalEntryNotFoundError as err:
     if is_offline:
       raise HubError(
-          f"{where}: not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 forbids "
-          f"downloading. Fetch it once with network access (`hf download {repo_id}`, or unset "
-          "HF_HUB_OFFLINE), point HF_HOME at a cache that holds it, or pass a local "
-          "directory instead.") from None
+          f"{where}: no local directory of that name, not in the Hugging Face cache ({cache}), "
+          f"and HF_HUB_OFFLINE=1 forbids downloading. Fetch it once with network access "
+          f"(`hf download {repo_id}`, or unset HF_HUB_OFFLINE), point HF_HOME at a cache that "
+          "holds it, or pass a local directory instead.") from None
     raise HubError(f"{where}: cannot be downloaded and is not cached ({cache}): {err}") from None
   except errors.RepositoryNotFoundError:
     raise HubError(f"{where}: no such repository on the Hub (or it is private: log in "
@@ -146,14 +146,11 @@ def encoder_dir(name: str, *, weights: bool = True, cache_dir=None) -> pathlib.P
   from a local path or a Hub id ('BAAI/bge-large-en-v1.5')."""
   patterns = ENCODER_CONFIG + (ENCODER_WEIGHTS if weights else ())
   required = ("config.json",) + ((ENCODER_WEIGHTS,) if weights else ())
-  if not is_local(name) and parse_hub_id(name) and weights:
-    # Safetensors when the repository has them: pytorch_model.bin only as fallback.
-    try:
-      return resolve(name, what="encoder", patterns=ENCODER_CONFIG + ENCODER_WEIGHTS[:1],
-                     required=("config.json", ENCODER_WEIGHTS[:1]), cache_dir=cache_dir)
-    except HubError:
-      raise
-    except FileNotFoundError:
-      pass
+  if weights and not is_local(name) and parse_hub_id(name):
+    # model.safetensors when the repository has it; pytorch_model.bin only if not.
+    snapshot = resolve(name, what="encoder", patterns=ENCODER_CONFIG + ENCODER_WEIGHTS[:1],
+                       required=("config.json",), cache_dir=cache_dir)
+    if (snapshot / ENCODER_WEIGHTS[0]).is_file():
+      return snapshot
   return resolve(name, what="encoder", patterns=patterns, required=required,
                  cache_dir=cache_dir)
