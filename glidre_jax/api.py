@@ -74,8 +74,8 @@ class GLiDREPredictor:
                       cache_dir=None, token=None, **kwargs) -> GLiDREPredictor:
     """A folder of `save_pretrained`, a glidre-jax run directory ('best' or
     'latest' weights), or an official PyTorch GLiDRE directory (imported on
-    the fly; kept as a run directory in `import_to` when given) — each local,
-    or the first two as a Hub id 'org/name[@revision]' (`glidre_jax.hub`:
+    the fly; kept as a run directory in `import_to` when given); saved and
+    official folders also as a Hub id 'org/name[@revision]' (`glidre_jax.hub`:
     HF cache, HF_HUB_OFFLINE). kwargs: buckets, batch_size, stride."""
     path = hub.model_dir(str(path), revision=revision, cache_dir=cache_dir, token=token)
     if (path / pretrained.CONFIG_FILE).exists():
