@@ -48,7 +48,7 @@ def encoder_hub_id(name: str) -> str | None:
 
 
 def run_record(workdir, which: str, config) -> dict:
-  """Labels, training data and steps, and the dev scores of a run directory."""
+  """Training data and steps, and the dev scores, of a run directory."""
   from glidre_jax import checkpointing
   workdir = pathlib.Path(workdir)
   d, t = config.data, config.train
@@ -147,6 +147,8 @@ def save_official(predictor, directory, *, labels=None, training=None, scores=No
 
 
 def _copy_encoder(src: pathlib.Path, dst: pathlib.Path) -> None:
+  if dst.exists() and src.resolve() == dst.resolve():
+    return  # saving a loaded folder over itself
   dst.mkdir(parents=True, exist_ok=True)
   names = [n for n in hub.ENCODER_CONFIG if (src / n).is_file()]
   if "config.json" not in names:
