@@ -155,27 +155,61 @@ def _run(cmd, cwd, env, timeout=900) -> str:
   return out.stdout
 
 
-def _venv_with_wheel(tmp: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-  """(venv bin directory, wheel): the wheel built from a copy of the sources."""
+PIP = [sys.executable, "-m", "pip"]
+QUIET = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+def _source_copy(tmp: pathlib.Path) -> pathlib.Path:
+  """What the wheel is built from, copied (builds leave egg-info / build/ behind)."""
   src = tmp / "src"
   src.mkdir()
   for name in ("pyproject.toml", "README.md", "glidre_jax", "configs", "converters"):
     copy = shutil.copytree if (REPO / name).is_dir() else shutil.copyfile
     kwargs = {"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}
     copy(REPO / name, src / name, **kwargs)
-  pip = [sys.executable, "-m", "pip"]
-  quiet = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+  return src
+
+
+def _bare_venv(venv: pathlib.Path) -> pathlib.Path:
+  """A venv without pip that sees the dev venv's packages; returns its python."""
+  _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], venv.parent, QUIET)
+  python = venv / "bin" / "python"
+  purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                 venv.parent, QUIET).strip()
+  dev = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+  # Plain paths: the dev venv's own .pth files (its editable install) stay inactive.
+  (pathlib.Path(purelib) / "_glidre_dev_venv.pth").write_text("\n".join(sorted(dev)) + "\n")
+  return python
+
+
+def test_editable_install_maps_configs_and_converters(tmp_path):
+  """launch/setup.sh's `pip install -e . --no-deps`: the package-dir mapping
+  makes glidre_jax.configs / glidre_jax.converters the checkout's folders."""
+  src = _source_copy(tmp_path)
+  python = _bare_venv(tmp_path / "venv")
+  _run(PIP + ["--python", str(python), "install", "-q", "--no-deps", "--no-build-isolation",
+              "--no-index", "-e", str(src)], tmp_path, QUIET)
+  code = ("import pathlib, sys; import glidre_jax.configs.cdr as c, glidre_jax.converters.official"
+          " as o; from glidre_jax import shipped; src = pathlib.Path(sys.argv[1]); "
+          "assert pathlib.Path(c.__file__) == src / 'configs' / 'cdr.py', c.__file__; "
+          "assert pathlib.Path(o.__file__) == src / 'converters' / 'official.py', o.__file__; "
+          "assert shipped.converters('official') is o; "
+          "assert shipped.get_config('cdr:paper').model.hidden_size == 768")
+  env = {k: v for k, v in QUIET.items() if k != "PYTHONPATH"}
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  _run([str(python), "-c", code, str(src)], elsewhere, env)
+
+
+def _venv_with_wheel(tmp: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """(venv bin directory, wheel): the wheel built from a copy of the sources."""
+  src = _source_copy(tmp)
+  pip, quiet = PIP, QUIET
   _run(pip + ["wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w",
               str(tmp / "dist"), str(src)], tmp, quiet)
   wheel = next((tmp / "dist").glob("glidre_jax-*.whl"))
   venv = tmp / "venv"
-  _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp, quiet)
-  python = venv / "bin" / "python"
-  purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                 tmp, quiet).strip()
-  dev = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-  # Plain paths: the dev venv's own .pth files (its editable install) stay inactive.
-  (pathlib.Path(purelib) / "_glidre_dev_venv.pth").write_text("\n".join(sorted(dev)) + "\n")
+  python = _bare_venv(venv)
   _run(pip + ["--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
        tmp, quiet)
   _run(pip + ["--python", str(python), "check"], tmp, quiet)
