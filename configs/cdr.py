@@ -13,7 +13,10 @@ configs/redocred.py.
 """
 import ml_collections
 
-from configs import default, redocred
+from glidre_jax.shipped import sibling_config
+
+default = sibling_config(__file__, "default")
+redocred = sibling_config(__file__, "redocred")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -13,8 +13,10 @@ demo, not a benchmark. Add `:open` for per-batch label sets (many labels).
 """
 import ml_collections
 
-from configs import default
 from glidre_jax.data.assets import asset_path
+from glidre_jax.shipped import sibling_config
+
+default = sibling_config(__file__, "default")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

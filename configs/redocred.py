@@ -7,7 +7,9 @@ train_revised.json / dev_revised.json / test_revised.json.
 """
 import ml_collections
 
-from configs import default
+from glidre_jax.shipped import sibling_config
+
+default = sibling_config(__file__, "default")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

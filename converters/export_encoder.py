@@ -14,8 +14,8 @@ import pathlib
 
 import numpy as np
 
-from converters import official
-from converters.export_official import (check_encoder_dir, encoder_modules,
+from . import official
+from .export_official import (check_encoder_dir, encoder_modules,
                                         extra_encoder_tensors, load_run_model)
 from glidre_jax import encoders, keymap, weights
 

@@ -21,7 +21,7 @@ import pathlib
 
 import numpy as np
 
-from converters import official
+from . import official
 from glidre_jax import encoders, keymap, weights
 from glidre_jax.model.glidre import GLiDRE
 from glidre_jax.model import params as glidre_params

@@ -2,6 +2,10 @@
 
     python -m converters.import_official --src glidre_pt --workdir runs/imported \
         [--text_encoder_dir DIR] [--label_encoder_dir DIR]
+    glidre-import --src cea-list-ia/glidre_large --workdir runs/glidre_large   # a Hub id
+
+--src and the encoder directories may be Hub ids ('org/name[@revision]',
+read through the HF cache; see glidre_jax.hub).
 
 writes a run directory (config.json + the 'best' orbax checkpoint) that
 `python -m glidre_jax.evaluate --workdir runs/imported` scores. In Python,
@@ -26,8 +30,8 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from converters import official
-from glidre_jax import encoders, keymap, weights
+from . import official
+from glidre_jax import encoders, hub, keymap, weights
 from glidre_jax.model import params as glidre_params
 from glidre_jax.model.config import GLiDREConfig
 from glidre_jax.model.glidre import GLiDRE, build_glidre
@@ -47,7 +51,10 @@ class OfficialModel:
 
 def describe(directory: str | os.PathLike, *, text_encoder_dir=None, label_encoder_dir=None,
              label_max_length: int = 16) -> OfficialModel:
-  directory = pathlib.Path(directory)
+  directory = hub.model_dir(str(directory))
+  text_encoder_dir, label_encoder_dir = (
+      None if d is None else hub.encoder_dir(str(d), weights=False)
+      for d in (text_encoder_dir, label_encoder_dir))
   off = official.read_config(directory)
   official.check_supported(off, str(directory))
   config = GLiDREConfig(**official.head_fields(off), label_max_length=label_max_length)
@@ -94,18 +101,23 @@ def _import(desc: OfficialModel, dtype, seed: int) -> GLiDRE:
   return weights.build_from_flat(make, flat, seed=seed)
 
 
-def _run_encoder_dir(desc: OfficialModel, role: str, workdir: pathlib.Path) -> pathlib.Path:
-  """A local encoder directory (config.json + tokenizer) for the run config."""
+def _run_encoder_dir(desc: OfficialModel, role: str, workdir: pathlib.Path) -> str:
+  """The run config's encoder: a local directory (config.json + tokenizer),
+  or the Hub id the official config names."""
   found = desc.text_dir if role == "text" else desc.label_dir
   if found is not None:
-    return found.absolute()
+    return str(found.absolute())
   if role == "text" and (desc.directory / "tokenizer_config.json").exists():
     # Official directories carry the text tokenizer at their top level.
     out = workdir / official.ROLES["text"][0]
     out.mkdir(parents=True, exist_ok=True)
     (out / official.HF_CONFIG).write_text(json.dumps(desc.text_hf, indent=2))
     official.copy_tokenizer(desc.directory, out)
-    return out.absolute()
+    return str(out.absolute())
+  name = desc.official.get(official.ROLES[role][1])
+  if hub.parse_hub_id(name) and not hub.is_local(name):
+    hub.encoder_dir(name, weights=False)  # config + tokenizer cached now, or a clear error
+    return name
   flag = "--text_encoder_dir" if role == "text" else "--label_encoder_dir"
   raise FileNotFoundError(f"{desc.directory}: no local {role} encoder directory with a "
                           f"tokenizer for the run config; pass {flag}")
@@ -114,14 +126,14 @@ def _run_encoder_dir(desc: OfficialModel, role: str, workdir: pathlib.Path) -> p
 def save_as_run(model: GLiDRE, desc: OfficialModel, workdir: str | os.PathLike,
                 seed: int = 0) -> pathlib.Path:
   """A run directory (default config + this model) with the model as 'best'."""
-  from configs import default
-  from glidre_jax import checkpointing, run_setup
+  from glidre_jax import checkpointing, run_setup, shipped
+  default = shipped.config_module("default")
   workdir = pathlib.Path(workdir).absolute()
   config = default.get_config()
   config.workdir = str(workdir)
   config.seed = seed
-  config.text_encoder = str(_run_encoder_dir(desc, "text", workdir))
-  config.label_encoder = str(_run_encoder_dir(desc, "labels", workdir))
+  config.text_encoder = _run_encoder_dir(desc, "text", workdir)
+  config.label_encoder = _run_encoder_dir(desc, "labels", workdir)
   config.model.update(dataclasses.asdict(model.config))
   if model.config.adaptive_threshold:  # the loss that trains the threshold_layer
     config.train.loss = "adaptive_threshold"
@@ -138,7 +150,7 @@ def save_as_run(model: GLiDRE, desc: OfficialModel, workdir: str | os.PathLike,
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--src", required=True, help="official GLiDRE directory")
+  parser.add_argument("--src", required=True, help="official GLiDRE directory or Hub id")
   parser.add_argument("--workdir", required=True, help="run directory to write")
   parser.add_argument("--text_encoder_dir", default=None,
                       help="local HF directory of the text encoder (config + tokenizer)")

@@ -28,15 +28,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from glidre_jax import hub
+
 CONFIG_FILE = "glidre_config.json"
 SAFETENSORS = "model.safetensors"
 TORCH_BIN = "pytorch_model.bin"
 HF_CONFIG = "config.json"
 
 # Files a HF tokenizer may consist of (BERT, DeBERTa-v2/v3, BPE tokenizers).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spm.model",
-                   "sentencepiece.bpe.model")
+TOKENIZER_FILES = hub.TOKENIZER_FILES
 
 # role -> (subfolder we write, official name field, official embedded config field)
 ROLES = {

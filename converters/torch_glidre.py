@@ -30,7 +30,7 @@ import torch
 import transformers
 from torch import nn
 
-from converters import official
+from . import official
 
 SUPPORTED_ENCODERS = ("bert", "deberta-v2")
 _POOL_EPS = 1e-7  # the reference divides mention sums by (count + 1e-7)

@@ -5,7 +5,8 @@
     doc = {"text": "Marie Curie was born in Warsaw.",
            "entities": [{"mentions": [[0, 11]], "type": "PER"}, {"mentions": [[24, 30]]}]}
     model.predict([doc], ["place of birth", "country"], threshold=0.5)
-    # -> [[{"head": 0, "tail": 1, "label": "place of birth", "score": 0.93}]]
+    # -> [[{"head": 0, "tail": 1, "label": "place of birth", "score": 0.93,
+    #       "head_text": "Marie Curie", "head_span": [0, 11], "span_unit": "char", ...}]]
 
 Documents are featurized as in training and padded to the run's shape
 buckets, so one compiled step serves every batch of a bucket. Label vectors
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 from flax import nnx
 
-from glidre_jax import decoding, run_setup, trainer
+from glidre_jax import decoding, hub, pretrained, run_setup, shipped, trainer
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data import inputs, windows
 from glidre_jax.data.documents import Document
@@ -55,6 +56,9 @@ class GLiDREPredictor:
     self.self_pairs = run_setup.model_config(config).self_pairs
     self._label_cache: dict[tuple[str, ...], tuple[dict, object]] = {}
     self.label_encoder_calls = 0  # label-encoder runs (cache misses)
+    # Labels, training record and scores (a saved folder's; a run's on save).
+    self.metadata: dict = {}
+    self.run_dir: tuple[pathlib.Path, str] | None = None  # (run directory, 'best'/'latest')
 
   # -- loading ----------------------------------------------------------------
 
@@ -70,30 +74,34 @@ class GLiDREPredictor:
 
   @classmethod
   def from_pretrained(cls, path, which: str = "best", *, text_encoder_dir=None,
-                      label_encoder_dir=None, import_to=None, **kwargs) -> GLiDREPredictor:
-    """A glidre-jax run directory ('best' or 'latest' weights), or an official
-    PyTorch GLiDRE directory (imported on the fly; kept as a run directory in
-    `import_to` when given). kwargs: buckets, batch_size, stride."""
-    path = pathlib.Path(path).expanduser()
+                      label_encoder_dir=None, import_to=None, revision: str | None = None,
+                      cache_dir=None, token=None, **kwargs) -> GLiDREPredictor:
+    """A folder of `save_pretrained`, a glidre-jax run directory ('best' or
+    'latest' weights), or an official PyTorch GLiDRE directory (imported on
+    the fly; kept as a run directory in `import_to` when given); saved and
+    official folders also as a Hub id 'org/name[@revision]' (`glidre_jax.hub`:
+    HF cache, HF_HUB_OFFLINE). kwargs: buckets, batch_size, stride."""
+    path = hub.model_dir(str(path), revision=revision, cache_dir=cache_dir, token=token)
+    if (path / pretrained.CONFIG_FILE).exists():
+      config, graphdef, params, rest, meta = pretrained.load(path)
+      model = cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config), **kwargs)
+      model.metadata = meta
+      return model
     if (path / OFFICIAL_CONFIG).exists():
       return cls._from_official(path, text_encoder_dir, label_encoder_dir, import_to, **kwargs)
     if not (path / "config.json").exists():
       raise FileNotFoundError(
-          f"{path}: neither a glidre-jax run directory (config.json + checkpoints) nor an "
-          f"official GLiDRE directory ({OFFICIAL_CONFIG})")
+          f"{path}: neither a glidre-jax run directory (config.json + checkpoints), a saved "
+          f"model folder ({pretrained.CONFIG_FILE}) nor an official GLiDRE directory "
+          f"({OFFICIAL_CONFIG})")
     config, graphdef, params, rest = run_setup.restore_weights(path, which)
-    return cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config), **kwargs)
+    model = cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config), **kwargs)
+    model.run_dir = (path, which)
+    return model
 
   @classmethod
   def _from_official(cls, path, text_encoder_dir, label_encoder_dir, import_to, **kwargs):
-    try:
-      from converters import import_official
-    except ImportError as err:
-      raise ImportError(
-          f"{path} is an official PyTorch GLiDRE directory; importing it needs the "
-          "repository's `converters` package (run from the repository root), or convert it "
-          f"once with `python -m converters.import_official --src {path} --workdir RUN_DIR` "
-          "and load RUN_DIR") from err
+    import_official = shipped.converters("import_official")
     enc = dict(text_encoder_dir=text_encoder_dir, label_encoder_dir=label_encoder_dir)
     model = import_official.import_glidre(path, **enc)
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +113,44 @@ class GLiDREPredictor:
 
   def train_labels(self) -> tuple[str, ...]:
     """The relation names of the run's dataset (e.g. the 96 Re-DocRED relations)."""
+    if self.metadata.get("labels"):  # a saved folder: its data may be elsewhere
+      return tuple(self.metadata["labels"])
     return run_setup.load_schema(self.config).names
+
+  # -- saving -----------------------------------------------------------------
+
+  def save_pretrained(self, save_directory, *, official: bool = False, scores=None,
+                      license: str = "apache-2.0", model_id: str | None = None  # noqa: A002
+                      ) -> pathlib.Path:
+    """Writes one portable folder that `from_pretrained` reloads bit-exactly
+    (`glidre_jax.pretrained`): config, model.safetensors, both encoders'
+    configs and tokenizers, and a model card (README.md) with the labels, the
+    training data and steps and the run's dev scores. `scores`: further
+    evaluations for the card, e.g. {"test": result of glidre_jax.evaluate}.
+    official=True writes the official PyTorch GLiDRE layout instead (needs
+    torch), with the same model card."""
+    meta = dict(self.metadata)
+    if self.run_dir is not None and not meta:
+      meta = {"labels": pretrained.run_labels(self.config),
+              "training": pretrained.run_record(*self.run_dir, self.config)}
+    kwargs = dict(labels=meta.get("labels"), training=meta.get("training"), scores=scores,
+                  license=license, model_id=model_id)
+    if not official:
+      return pretrained.save(self, save_directory, **kwargs)
+    return pretrained.save_official(self, save_directory, **kwargs)
+
+  def push_to_hub(self, repo_id: str, *, official: bool = False, private: bool | None = None,
+                  token: str | None = None, revision: str | None = None,
+                  commit_message: str = "Upload GLiDRE (glidre-jax)", scores=None,
+                  license: str = "apache-2.0"):  # noqa: A002
+    """`save_pretrained` into a temporary folder, uploaded as the Hub model
+    repository `repo_id` (huggingface_hub's upload_folder; needs a network
+    and a token with write access)."""
+    with tempfile.TemporaryDirectory() as tmp:
+      folder = self.save_pretrained(tmp, official=official, scores=scores, license=license,
+                                    model_id=repo_id)
+      return pretrained.upload(folder, repo_id, private=private, token=token,
+                               revision=revision, commit_message=commit_message)
 
   # -- labels -----------------------------------------------------------------
 
@@ -178,10 +223,14 @@ class GLiDREPredictor:
               constraints: decoding.Constraints | None = None,
               batch_size: int | None = None, cache_labels: bool = True,
               progress: Callable | None = None) -> list[list[dict]]:
-    """Relation triples per document: [{head, tail, label, score}], best first.
+    """Relation triples per document, best first: [{head, tail, label, score,
+    head_id, tail_id, head_text, tail_text, head_span, tail_span, span_unit}].
 
     documents: Documents, DocRED / GLiDRE dicts, or {"text", "entities"} dicts
-    (see `glidre_jax.data.inputs`); head/tail index the document's entities.
+    (see `glidre_jax.data.inputs`); head/tail index the document's entities,
+    head_id/tail_id are their "id" as given (else the index), *_text and
+    *_span their first mention ([start, end) in span_unit: "char" for raw
+    text, "word" for word-based inputs; see `decoding.entity_records`).
     label_thresholds: per-label overrides of `threshold`; top_k: at most k
     labels per pair; constraints: {label: (head types, tail types)} (None:
     any type) — pairs of other types never get that label.
@@ -203,4 +252,6 @@ class GLiDREPredictor:
                              decoder.type_ids(types, probs.shape[1]))
       for i, triples in zip(chunk, rows):
         out[i] = triples
+    for item, doc, triples in zip(documents, docs, out, strict=True):
+      decoding.attach_entities(triples, decoding.entity_records(item, doc))
     return out

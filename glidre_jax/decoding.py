@@ -135,3 +135,41 @@ def _type_set(side, name: str) -> frozenset[str]:
   if not all(isinstance(t, str) for t in side):
     raise ValueError(f"constraints[{name!r}]: entity types must be strings, got {side!r}")
   return frozenset(side)
+
+
+# -- prediction records -----------------------------------------------------------
+
+
+def entity_records(item, doc) -> list[dict]:
+  """Per entity of `doc` (read from the input `item`): its id as given (an
+  entity's "id" in raw-text inputs, else its index), and its first mention's
+  text and [start, end) span — characters for raw-text inputs, document-level
+  words otherwise."""
+  from glidre_jax.data.inputs import split_words
+  raw = (item.get("entities") if isinstance(item, Mapping) and "vertexSet" not in item
+         and "tokenized_text" not in item and isinstance(item.get("text"), str) else None)
+  words = split_words(item["text"]) if raw is not None else None
+  out = []
+  for e, entity in enumerate(doc.entities):
+    first = entity.mentions[0]
+    given = raw[e] if raw is not None else None
+    out.append({
+        "id": given.get("id", e) if isinstance(given, Mapping) else e,
+        "text": first.name,
+        "span": ([words.starts[first.start], words.ends[first.end - 1]] if words
+                 else [first.start, first.end]),
+        "unit": "char" if words else "word"})
+  return out
+
+
+def attach_entities(triples: list[dict], entities: Sequence[dict]) -> list[dict]:
+  """Adds head_id / tail_id, head_text / tail_text, head_span / tail_span and
+  span_unit to each triple, in place."""
+  for triple in triples:
+    for side in ("head", "tail"):
+      entity = entities[triple[side]]
+      triple[f"{side}_id"] = entity["id"]
+      triple[f"{side}_text"] = entity["text"]
+      triple[f"{side}_span"] = list(entity["span"])
+    triple["span_unit"] = entities[triple["head"]]["unit"]
+  return triples

@@ -7,9 +7,11 @@
 raw text with character-offset entities ({"text", "entities"}, see
 `glidre_jax.data.inputs`), a DocRED dict or a reference GLiDRE dict.
 --labels: one relation name per line (blank lines and '#' comments skipped).
---checkpoint: a glidre_jax.train run directory or an official GLiDRE
-directory. Writes one JSON object per document and line:
-{"title", ["id",] "relations": [{"head", "tail", "label", "score"}, ...]}.
+--checkpoint: a glidre_jax.train run directory, a save_pretrained folder, an
+official GLiDRE directory, or a Hub id. Writes one JSON object per document
+and line: {"title", ["id",] "relations": [{"head", "tail", "label", "score",
+"head_id", "tail_id", "head_text", "tail_text", "head_span", "tail_span",
+"span_unit"}, ...]} (see `decoding.entity_records`).
 """
 from __future__ import annotations
 
@@ -108,7 +110,7 @@ def run(args) -> int:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--checkpoint", required=True,
-                      help="glidre_jax.train run directory, or official GLiDRE directory")
+                      help="run directory, saved folder, official GLiDRE directory or Hub id")
   parser.add_argument("--which", choices=("best", "latest"), default="best")
   parser.add_argument("--input", required=True, help="documents (.jsonl or JSON list)")
   parser.add_argument("--labels", required=True, help="relation names, one per line")

@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from glidre_jax import encoders
-from glidre_jax.data import assets, local_files, tfds_builders, windows
+from glidre_jax import encoders, hub
+from glidre_jax.data import assets, local_files, windows
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data.open_labels import OpenLabels
 from glidre_jax.data.documents import Document
@@ -29,7 +29,9 @@ from glidre_jax.model.config import GLiDREConfig
 from glidre_jax.model.glidre import GLiDRE
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-DATASETS = {"redocred": tfds_builders.ReDocRED, "cdr": tfds_builders.CDR}
+# Read through TFDS builders (glidre_jax.data.tfds_builders, the [tfds] extra),
+# imported only when data is read: prediction never needs tensorflow-datasets.
+DATASETS = {"redocred": "ReDocRED", "cdr": "CDR"}
 OPEN_DATASET = "glidre"  # the user's own GLiDRE-format files (data/local_files.py)
 
 
@@ -40,17 +42,24 @@ def progress_bar(desc: str):
                            mininterval=2.0)
 
 
-def resolve_encoder_dir(name: str) -> pathlib.Path:
-  """'minilm' (shipped offline) or a local HF model directory."""
+def resolve_encoder_dir(name: str, weights: bool = True) -> pathlib.Path:
+  """'minilm' (shipped offline), a local HF model directory or a Hub id
+  (`glidre_jax.hub`; `weights=False` fetches config and tokenizer only)."""
   if name == "minilm":
     return minilm_path()
-  path = pathlib.Path(name).expanduser()
-  if not (path / "config.json").exists():
-    raise FileNotFoundError(
-        f"encoder {name!r}: not a local model directory with config.json. Nothing "
-        "is downloaded at run time: fetch the model once (e.g. huggingface-cli "
-        "download) and pass its directory, or use 'minilm'.")
-  return path
+  return hub.encoder_dir(name, weights=weights)
+
+
+def tfds_builders():
+  """glidre_jax.data.tfds_builders, or an error saying which extra provides it."""
+  try:
+    from glidre_jax.data import tfds_builders as builders
+  except ModuleNotFoundError as err:
+    if err.name not in ("tensorflow_datasets", "etils", "array_record"):
+      raise
+    raise ImportError(f"reading Re-DocRED / CDR needs tensorflow-datasets ({err.name} is not "
+                      "installed): pip install 'glidre-jax[tfds]'") from err
+  return builders
 
 
 def compute_dtype(config) -> jnp.dtype:
@@ -72,7 +81,7 @@ def build_model(config, *, pretrained_encoders: bool = True) -> GLiDRE:
     overrides["attention_probs_dropout_prob"] = config.encoder_attention_dropout
   parts = []
   for offset, name in enumerate((config.text_encoder, config.label_encoder)):
-    path = resolve_encoder_dir(name)
+    path = resolve_encoder_dir(name, weights=pretrained_encoders)
     if pretrained_encoders:
       parts.append(encoders.load_encoder(path, dtype=dtype, seed=config.seed + offset,
                                          **overrides))
@@ -128,7 +137,7 @@ class DataSetup:
   def source(self, split: str):
     if isinstance(self.builder, local_files.GLiDREFiles):
       return self.builder.source(split)
-    return tfds_builders.data_source(self.builder, split)
+    return tfds_builders().data_source(self.builder, split)
 
   def read_split(self, split: str) -> list[Document]:
     return [self.decode(record) for record in self.source(split)]
@@ -209,9 +218,9 @@ def load_schema(config) -> RelationSchema:
 
 def load_tokenizers(config) -> tuple[object, object]:
   """(text tokenizer, label tokenizer); one object when both encoders agree."""
-  text_tok = load_tokenizer(resolve_encoder_dir(config.text_encoder))
+  text_tok = load_tokenizer(resolve_encoder_dir(config.text_encoder, weights=False))
   label_tok = (text_tok if config.label_encoder == config.text_encoder
-               else load_tokenizer(resolve_encoder_dir(config.label_encoder)))
+               else load_tokenizer(resolve_encoder_dir(config.label_encoder, weights=False)))
   return text_tok, label_tok
 
 
@@ -259,14 +268,15 @@ def data_setup(config) -> DataSetup:
     local_dir = d.data_dir
   # Process 0 prepares the array_record files; the others then open them.
   from glidre_jax import distributed
-  prepare = lambda: tfds_builders.prepare(DATASETS[d.dataset], data_dir=d.get("tfds_dir"),
-                                         local_dir=local_dir)
+  builders = tfds_builders()
+  prepare = lambda: builders.prepare(getattr(builders, DATASETS[d.dataset]),
+                                     data_dir=d.get("tfds_dir"), local_dir=local_dir)
   builder = prepare() if jax.process_index() == 0 else None
   distributed.barrier("tfds_prepared")
   builder = builder or prepare()
   text_tok, label_tok = load_tokenizers(config)
   return DataSetup(config, schema, text_tok, label_tok, builder,
-                   tfds_builders.record_decoder(d.dataset, schema))
+                   builders.record_decoder(d.dataset, schema))
 
 
 def save_config(config, workdir: pathlib.Path) -> None:

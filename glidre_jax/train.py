@@ -19,17 +19,16 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from glidre_jax import (checkpointing, distributed, evaluate, metrics, run_setup, sharding,
-                        trainer as trainer_lib)
+                        shipped, trainer as trainer_lib)
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import pipeline
 
 log = logging.getLogger("glidre_jax.train")
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py",
-                                          "ml_collections config file (file.py[:variant])")
+_CONFIG = shipped.define_config_flag(
+    "config", "default", "a shipped config (default, cdr, ...) or a config file, [:variant]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "overrides config.workdir")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "compile the train step for the largest "
                              "bucket, print its memory analysis and exit")
@@ -290,5 +289,10 @@ def main(argv):
         f"{summary['peak_rss_mb']:.0f} MB; checkpoints in {workdir}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The `glidre-train` console script."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

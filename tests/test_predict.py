@@ -184,7 +184,14 @@ def test_predict_on_shipped_docs_compiles_once(predictor, dev_docs):
   for doc, triples in zip(dev_docs[:3], out):
     n = len(doc["vertexSet"])
     for r in triples:
-      assert set(r) == {"head", "tail", "label", "score"}
+      assert set(r) == {"head", "tail", "label", "score", "head_id", "tail_id", "head_text",
+                        "tail_text", "head_span", "tail_span", "span_unit"}
+      for side in ("head", "tail"):  # DocRED: first mention's name, document word offsets
+        first, e = doc["vertexSet"][r[side]][0], r[side]
+        starts = np.cumsum([0] + [len(s) for s in doc["sents"]])
+        assert r[f"{side}_id"] == e and r[f"{side}_text"] == first["name"]
+        assert r[f"{side}_span"] == [int(starts[first["sent_id"]]) + p for p in first["pos"]]
+      assert r["span_unit"] == "word"
       assert 0 <= r["head"] < n and 0 <= r["tail"] < n and r["head"] != r["tail"]
       assert r["label"] in LABELS and r["score"] > 0.3
   scores = predictor.scores(dev_docs[:3], LABELS)

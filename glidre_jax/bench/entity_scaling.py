@@ -17,8 +17,7 @@ import pathlib
 import jax
 import numpy as np
 
-from configs import default
-from glidre_jax import run_setup, sharding, trainer as trainer_lib
+from glidre_jax import shipped, run_setup, sharding, trainer as trainer_lib
 from glidre_jax.bench import common
 from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data import assets
@@ -45,7 +44,7 @@ def synthetic_batch(num_entities: int, seq_len: int, rng: np.random.Generator, l
 
 
 def measure(num_entities: int, chunk: int, train: bool, repeats: int) -> dict:
-  config = default.get_config()
+  config = shipped.config_module("default").get_config()
   config.model.pair_chunk_size = chunk
   schema = RelationSchema.from_file(assets.asset_path("docred", "rel_info.json"))
   labels = label_batch(load_tokenizer(minilm_path()), list(schema.names))

@@ -36,8 +36,7 @@ import shutil
 import jax
 import numpy as np
 
-from configs import default
-from glidre_jax import evaluate, metrics, run_setup, train as train_lib
+from glidre_jax import shipped, evaluate, metrics, run_setup, train as train_lib
 from glidre_jax.bench import common
 from glidre_jax.data import readers
 
@@ -57,7 +56,8 @@ def quick_steps(n: int) -> int:
 
 def run_config(args, n: int, seed: int):
   """configs/default.py (+ variant and --set overrides) for one (N, seed) run."""
-  c = common.apply_overrides(default.get_config(args.config_variant), args.set)
+  c = common.apply_overrides(
+      shipped.config_module("default").get_config(args.config_variant), args.set)
   if c.data.get("held_out_relations"):
     raise ValueError("few_shot scores all relations; data.held_out_relations must be empty")
   c.data.subset_size, c.data.subset_seed = n, seed

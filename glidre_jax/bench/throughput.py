@@ -31,8 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from configs import default
-from glidre_jax import run_setup, sharding, trainer as trainer_lib
+from glidre_jax import shipped, run_setup, sharding, trainer as trainer_lib
 from glidre_jax.bench import common
 from glidre_jax.data.featurize import collate, feature_shape
 from glidre_jax.train import peak_rss_mb
@@ -160,7 +159,7 @@ def main(argv=None):
   infer_docs = args.infer_docs or (16 if args.quick else 32)
   passes = args.passes or (1 if args.quick else 3)
 
-  config = common.apply_overrides(default.get_config(), args.set)
+  config = common.apply_overrides(shipped.config_module("default").get_config(), args.set)
   data = run_setup.data_setup(config)
   split = args.split or config.data.train_split
   feats, bucket, counts = bench_features(

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from glidre_jax import keymap, weights
+from glidre_jax import hub, keymap, weights
 from glidre_jax.encoders import common
 from glidre_jax.encoders.bert import modeling as bert_modeling
 from glidre_jax.encoders.bert import params as bert_params
@@ -69,11 +69,14 @@ def _strip_prefix(state: dict, family: EncoderFamily) -> dict:
 
 def load_encoder(path: str | os.PathLike, *, dtype=jnp.float32, seed: int = 0,
                  **config_overrides) -> nnx.Module:
-  """Loads a HF BERT / DeBERTa-v2/v3 model directory (config.json + weights).
+  """Loads a HF BERT / DeBERTa-v2/v3 model directory (config.json + weights),
+  or a Hub id ('org/name[@revision]', through the HF cache: `glidre_jax.hub`).
 
   Raises `keymap.CheckpointMismatchError` listing unmapped, missing and
   mis-shaped keys; `weights.CheckpointError` for unreadable files.
   """
+  if not hub.is_local(path) and hub.parse_hub_id(str(path)):
+    path = hub.encoder_dir(str(path))
   hf = common.read_hf_config(path)
   config = config_from_hf(hf, **config_overrides)
   family = encoder_family(config.model_type)

@@ -1,0 +1,74 @@
+"""Write a trained GLiDRE as a portable folder, the official layout, or a Hub repository.
+
+    glidre-export --checkpoint runs/default --out my_glidre              # save_pretrained folder
+    glidre-export --checkpoint runs/default --out glidre_pt --official   # official PyTorch layout
+    glidre-export --checkpoint runs/default --push_to_hub org/name [--private]
+
+--checkpoint: anything `GLiDRE.from_pretrained` loads (run directory, saved
+folder, official directory, Hub id). --scores NAME=FILE adds an evaluation
+(a JSON object with precision / recall / f1 / ign_f1 / threshold) to the
+model card, e.g. --scores test=test_scores.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+
+def read_scores(specs) -> dict:
+  scores = {}
+  for spec in specs or ():
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+      raise ValueError(f"--scores {spec!r}: expected NAME=FILE (e.g. test=test_scores.json)")
+    file = pathlib.Path(path)
+    if not file.is_file():
+      raise FileNotFoundError(f"--scores {name}: file {file} does not exist")
+    try:
+      value = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+      raise ValueError(f"--scores {name}: {file} is not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+      raise ValueError(f"--scores {name}: {file} must hold a JSON object of scores")
+    scores[name] = value
+  return scores
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--checkpoint", required=True,
+                      help="run directory, saved folder, official directory or Hub id")
+  parser.add_argument("--which", choices=("best", "latest"), default="best")
+  parser.add_argument("--out", default=None, help="folder to write")
+  parser.add_argument("--official", action="store_true",
+                      help="the official PyTorch GLiDRE layout (needs torch)")
+  parser.add_argument("--push_to_hub", default=None, metavar="ORG/NAME",
+                      help="upload to this Hub model repository (needs a network and a token)")
+  parser.add_argument("--private", action="store_true", help="create the Hub repository private")
+  parser.add_argument("--scores", action="append", metavar="NAME=FILE",
+                      help="an evaluation for the model card (repeatable)")
+  parser.add_argument("--license", default="apache-2.0")
+  args = parser.parse_args(argv)
+  if not args.out and not args.push_to_hub:
+    parser.error("give --out, --push_to_hub or both")
+  try:
+    from glidre_jax.api import GLiDREPredictor
+    scores = read_scores(args.scores)
+    model = GLiDREPredictor.from_pretrained(args.checkpoint, args.which)
+    kwargs = dict(official=args.official, scores=scores, license=args.license)
+    if args.out:
+      out = model.save_pretrained(args.out, model_id=args.push_to_hub, **kwargs)
+      print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    if args.push_to_hub:
+      info = model.push_to_hub(args.push_to_hub, private=args.private or None, **kwargs)
+      print(f"pushed to {args.push_to_hub}: {info}")
+  except (ValueError, FileNotFoundError, ImportError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
