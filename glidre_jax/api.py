@@ -4,8 +4,12 @@
     model = GLiDRE.from_pretrained("runs/default")       # or an official PyTorch directory
     doc = {"text": "Marie Curie was born in Warsaw.",
            "entities": [{"mentions": [[0, 11]], "type": "PER"}, {"mentions": [[24, 30]]}]}
-    model.predict([doc], ["place of birth", "country"], threshold=0.5)
+    model.predict([doc], ["place of birth", "country"])
     # -> [[{"head": 0, "tail": 1, "label": "place of birth", "score": 0.93}]]
+
+`predict` decodes at `model.threshold` unless given one: for a run's best
+checkpoint, the τ it was selected at in training (eval.threshold_selection);
+otherwise the run config's eval.threshold (0.5 for official checkpoints).
 
 Documents are featurized as in training and padded to the run's shape
 buckets, so one compiled step serves every batch of a bucket. Label vectors
@@ -23,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 from flax import nnx
 
-from glidre_jax import decoding, run_setup, trainer
+from glidre_jax import checkpointing, decoding, run_setup, trainer
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data import inputs, windows
 from glidre_jax.data.documents import Document
@@ -36,8 +40,10 @@ class GLiDREPredictor:
 
   def __init__(self, config, graphdef, params, rest, tokenizer, label_tokenizer, *,
                buckets: featurize_lib.Buckets | None = None, batch_size: int | None = None,
-               stride: int | None = None):
+               stride: int | None = None, threshold: float | None = None):
     self.config = config
+    # The default decision threshold of `predict` (None: the config's).
+    self.threshold = float(config.eval.threshold if threshold is None else threshold)
     self.predictor = trainer.Predictor(graphdef)
     self.params, self.rest = params, rest
     self.tokenizer, self.label_tokenizer = tokenizer, label_tokenizer
@@ -66,19 +72,29 @@ class GLiDREPredictor:
 
   @classmethod
   def from_pretrained(cls, path, which: str = "best", *, text_encoder_dir=None,
-                      label_encoder_dir=None, import_to=None, **kwargs) -> GLiDREPredictor:
+                      label_encoder_dir=None, import_to=None, threshold: float | None = None,
+                      **kwargs) -> GLiDREPredictor:
     """A glidre-jax run directory ('best' or 'latest' weights), or an official
     PyTorch GLiDRE directory (imported on the fly; kept as a run directory in
-    `import_to` when given). kwargs: buckets, batch_size, stride."""
+    `import_to` when given). threshold: `predict`'s default τ (None: the one
+    stored with the best checkpoint, see the module doc). kwargs: buckets,
+    batch_size, stride."""
     path = pathlib.Path(path).expanduser()
     if (path / OFFICIAL_CONFIG).exists():
-      return cls._from_official(path, text_encoder_dir, label_encoder_dir, import_to, **kwargs)
+      return cls._from_official(path, text_encoder_dir, label_encoder_dir, import_to,
+                                threshold=threshold, **kwargs)
     if not (path / "config.json").exists():
       raise FileNotFoundError(
           f"{path}: neither a glidre-jax run directory (config.json + checkpoints) nor an "
           f"official GLiDRE directory ({OFFICIAL_CONFIG})")
-    config, graphdef, params, rest = run_setup.restore_weights(path, which)
-    return cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config), **kwargs)
+    try:
+      config, graphdef, params, rest = run_setup.restore_weights(path, which)
+    except FileNotFoundError as err:  # e.g. --which latest on a run with a best checkpoint only
+      raise FileNotFoundError(str(err) if str(path) in str(err) else f"{path}: {err}") from err
+    if threshold is None:
+      threshold = checkpointing.selected_threshold(path, which, config.eval.threshold)
+    return cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config),
+               threshold=threshold, **kwargs)
 
   @classmethod
   def _from_official(cls, path, text_encoder_dir, label_encoder_dir, import_to, **kwargs):
@@ -163,7 +179,8 @@ class GLiDREPredictor:
         out[i] = probs[row, :n, :n] * batch["pair_mask"][row, :n, :n, None]
     return out
 
-  def predict(self, documents: Sequence, labels: Sequence[str], threshold: float = 0.5, *,
+  def predict(self, documents: Sequence, labels: Sequence[str],
+              threshold: float | None = None, *,
               label_thresholds: Mapping[str, float] | None = None, top_k: int | None = None,
               drop_self_pairs: bool = True,
               constraints: decoding.Constraints | None = None,
@@ -173,10 +190,12 @@ class GLiDREPredictor:
 
     documents: Documents, DocRED / GLiDRE dicts, or {"text", "entities"} dicts
     (see `glidre_jax.data.inputs`); head/tail index the document's entities.
+    threshold: None for `self.threshold` (the run's selected τ).
     label_thresholds: per-label overrides of `threshold`; top_k: at most k
     labels per pair; constraints: {label: (head types, tail types)} (None:
     any type) — pairs of other types never get that label.
     """
+    threshold = self.threshold if threshold is None else threshold
     decoder = decoding.make_decoder(labels, threshold, label_thresholds=label_thresholds,
                                     top_k=top_k, drop_self_pairs=drop_self_pairs,
                                     constraints=constraints)

@@ -8,7 +8,7 @@ import pytest
 from conftest import SHARED_DATA
 from glidre_jax import run_setup
 
-VARIANTS = {"default": ("", "tiny", "zeroshot"), "redocred": ("",), "cdr": ("", "paper"),
+VARIANTS = {"default": ("", "tiny", "zeroshot"), "redocred": ("", "accum"), "cdr": ("", "paper"),
             "pretrain": ("", "files"), "custom": ("", "open")}
 
 
