@@ -136,6 +136,13 @@ def with_selection(result: dict, selection: str) -> dict:
                                picked))}
 
 
+def improves(scores: dict, best: dict | None) -> bool:
+  """Model selection: `scores` (of `with_selection`) beat the best so far by
+  the F1 at the τ each checkpoint is used with (`best`: None or a run's
+  stored best scores, which before stored thresholds had no selected_f1)."""
+  return best is None or scores["selected_f1"] > best.get("selected_f1", -1.0)
+
+
 def format_scores(result: dict) -> str:
   line = (f"τ={result['threshold']:.2f}  P {100 * result['precision']:.2f}  "
           f"R {100 * result['recall']:.2f}  F1 {100 * result['f1']:.2f}  "

@@ -117,8 +117,7 @@ def train(config, workdir: pathlib.Path) -> dict:
     if restored is not None:
       start_step, state = restored
       log.info("resumed from step %d", start_step)
-  # Checkpoints rank by the F1 at the τ they will be used with.
-  best = checkpoints.best_scores() or {"selected_f1": -1.0}
+  best = checkpoints.best_scores()  # None before the first evaluation
   evaluator = Evaluator(trainer.predictor, eval_data, eval_docs,
                         metrics.train_facts(train_docs, data.schema))
   writer = _summary_writer(workdir) if is_main else None
@@ -156,7 +155,7 @@ def train(config, workdir: pathlib.Path) -> dict:
           for key in ("f1", "ign_f1", "precision", "recall", "best_f1", "best_threshold",
                       "selected_f1", "selected_threshold"):
             writer.add_scalar(f"dev/{key}", scores[key], step)
-        if scores["selected_f1"] > best.get("selected_f1", -1.0):  # (runs before τ was stored)
+        if evaluate.improves(scores, best):  # by the F1 at the τ it will be used with
           best = {**scores, "step": step}
           checkpoints.save_best(step, state.params, best)
       stopping = step == tc.get("stop_after_step", 0)
@@ -174,7 +173,7 @@ def train(config, workdir: pathlib.Path) -> dict:
     if writer:
       writer.close()
   summary = {
-      "best_dev": best,
+      "best_dev": best or {},  # empty when no evaluation ran (stop_after_step)
       "steps": tc.steps,  # optimizer updates
       "micro_steps": int(jax.device_get(state.step)),
       "train_step_compilations": trainer.num_traces,
