@@ -27,6 +27,7 @@ def _float_dtypes(tree) -> set[str]:
           if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)}
 
 
+@pytest.mark.slow
 def test_bf16_training_run_has_fp32_master_params_and_finite_losses():
   batches = tiny_training.batches()[:3]
   losses = {}
@@ -55,6 +56,7 @@ def fp32_model():
   return run_setup.build_model(config), config
 
 
+@pytest.mark.slow
 def test_bf16_inference_through_the_api(fp32_model, tmp_path):
   """A run directory with compute_dtype="bfloat16" loads with from_pretrained
   (fp32 weights, bf16 compute) and predicts close to the fp32 model."""
