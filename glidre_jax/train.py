@@ -69,7 +69,7 @@ class Evaluator:
 def _eval_note(config, own_labels: bool) -> str:
   if not own_labels:
     return ""
-  if config.data.get("held_out_relations"):
+  if config.data.held_out_relations:
     return " (held out of training: zero-shot)"
   return " (the eval file's relation names)"
 
@@ -102,7 +102,7 @@ def train(config, workdir: pathlib.Path) -> dict:
       decode=data.decode, train=True, seed=d.shuffle_seed, sort_window=d.sort_window,
       subset_size=d.subset_size or None, subset_seed=d.subset_seed,
       pair_filter=data.pair_filter, open_labels=data.open_labels,
-      window_stride=d.get("window_stride", 0))
+      window_stride=d.window_stride)
   iterator = pipeline.make_iterator(dataset)
 
   model = run_setup.build_model(config)
@@ -127,7 +127,7 @@ def train(config, workdir: pathlib.Path) -> dict:
                                         disable=not is_main)
   say = bar.write if is_main else (lambda *_: None)
   t_steps, steps_timed = time.time(), 0
-  profiler = _StepProfiler(workdir / "profile", start_step, tc.get("profile_steps", 0))
+  profiler = _StepProfiler(workdir / "profile", start_step, tc.profile_steps)
   try:
     for step in range(start_step + 1, tc.steps + 1):  # one optimizer update each
       profiler.before(step)
@@ -158,7 +158,7 @@ def train(config, workdir: pathlib.Path) -> dict:
         if evaluate.improves(scores, best):  # by the F1 at the τ it will be used with
           best = {**scores, "step": step}
           checkpoints.save_best(step, state.params, best)
-      stopping = step == tc.get("stop_after_step", 0)
+      stopping = step == tc.stop_after_step
       if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
         checkpoints.save_latest(step, state, iterator, force=step == tc.steps or stopping)
       if stopping:
@@ -203,7 +203,7 @@ def abstract_batch(config, num_labels: int) -> dict:
 
 def memory_report(config) -> str:
   """Compiles the train step for the largest bucket and reports its memory."""
-  num_labels = (max(config.data.label_buckets) if config.data.get("open_labels")
+  num_labels = (max(config.data.label_buckets) if config.data.open_labels
                 else run_setup.load_schema(config).num_labels)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train, mesh)
