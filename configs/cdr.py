@@ -40,7 +40,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       c[key] = paper[key]
     c.model.hidden_size = paper.model.hidden_size
     c.train = paper.train
-    c.train.steps = 5_000
+    c.data.batch_size = paper.data.batch_size  # effective batch 16
+    c.eval.threshold_selection = paper.eval.threshold_selection
+    c.train.steps = 5_000  # optimizer updates
   elif variant:
     raise ValueError(f"unknown config variant {variant!r}; known: 'paper'")
   return c

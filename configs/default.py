@@ -74,8 +74,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   ))
 
   c.train = ml_collections.ConfigDict(dict(
-      steps=200,
-      grad_accum=1,  # effective batch = batch_size × grad_accum
+      steps=200,  # optimizer updates (as are eval/checkpoint/log cadence and warm-up)
+      grad_accum=1,  # micro-batches per update: effective batch = batch_size × grad_accum
       lr_encoder=5e-5,
       lr_head=5e-4,
       weight_decay=0.01,
@@ -101,6 +101,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(
       threshold=0.5,
+      # "sweep": a checkpoint is ranked by, stored with and used at (evaluate,
+      # predict, GLiDRE.from_pretrained) the best τ of `sweep` on dev, as the
+      # official train.py does; "fixed": at `threshold` (the paper's protocol).
+      threshold_selection="sweep",
       sweep=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
       max_docs=0,  # >0: evaluate on the first N documents only
   ))

@@ -4,9 +4,13 @@
     model = GLiDRE.from_pretrained("runs/default")       # or an official PyTorch directory
     doc = {"text": "Marie Curie was born in Warsaw.",
            "entities": [{"mentions": [[0, 11]], "type": "PER"}, {"mentions": [[24, 30]]}]}
-    model.predict([doc], ["place of birth", "country"], threshold=0.5)
+    model.predict([doc], ["place of birth", "country"])
     # -> [[{"head": 0, "tail": 1, "label": "place of birth", "score": 0.93,
     #       "head_text": "Marie Curie", "head_span": [0, 11], "span_unit": "char", ...}]]
+
+`predict` decodes at `model.threshold` unless given one: for a run's best
+checkpoint, the τ it was selected at in training (eval.threshold_selection);
+otherwise the run config's eval.threshold (0.5 for official checkpoints).
 
 Documents are featurized as in training and padded to the run's shape
 buckets, so one compiled step serves every batch of a bucket. Label vectors
@@ -25,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 from flax import nnx
 
-from glidre_jax import decoding, hub, pretrained, run_setup, shipped, trainer
+from glidre_jax import checkpointing, decoding, hub, pretrained, run_setup, shipped, trainer
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data import inputs, windows
 from glidre_jax.data.documents import Document
@@ -38,8 +42,10 @@ class GLiDREPredictor:
 
   def __init__(self, config, graphdef, params, rest, tokenizer, label_tokenizer, *,
                buckets: featurize_lib.Buckets | None = None, batch_size: int | None = None,
-               stride: int | None = None):
+               stride: int | None = None, threshold: float | None = None):
     self.config = config
+    # The default decision threshold of `predict` (None: the config's).
+    self.threshold = float(config.eval.threshold if threshold is None else threshold)
     self.predictor = trainer.Predictor(graphdef)
     self.params, self.rest = params, rest
     self.tokenizer, self.label_tokenizer = tokenizer, label_tokenizer
@@ -74,28 +80,41 @@ class GLiDREPredictor:
 
   @classmethod
   def from_pretrained(cls, path, which: str = "best", *, text_encoder_dir=None,
-                      label_encoder_dir=None, import_to=None, revision: str | None = None,
-                      cache_dir=None, token=None, **kwargs) -> GLiDREPredictor:
+                      label_encoder_dir=None, import_to=None, threshold: float | None = None,
+                      revision: str | None = None, cache_dir=None, token=None, **kwargs
+                      ) -> GLiDREPredictor:
     """A folder of `save_pretrained`, a glidre-jax run directory ('best' or
     'latest' weights), or an official PyTorch GLiDRE directory (imported on
     the fly; kept as a run directory in `import_to` when given); saved and
     official folders also as a Hub id 'org/name[@revision]' (`glidre_jax.hub`:
-    HF cache, HF_HUB_OFFLINE). kwargs: buckets, batch_size, stride."""
+    HF cache, HF_HUB_OFFLINE). threshold: `predict`'s default τ (None: the one
+    stored with the best checkpoint or the saved folder, see the module doc).
+    kwargs: buckets, batch_size, stride."""
     path = hub.model_dir(str(path), revision=revision, cache_dir=cache_dir, token=token)
     if (path / pretrained.CONFIG_FILE).exists():
       config, graphdef, params, rest, meta = pretrained.load(path)
-      model = cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config), **kwargs)
+      if threshold is None:
+        threshold = meta.get("threshold")
+      model = cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config),
+                  threshold=threshold, **kwargs)
       model.metadata = meta
       return model
     if (path / OFFICIAL_CONFIG).exists():
-      return cls._from_official(path, text_encoder_dir, label_encoder_dir, import_to, **kwargs)
+      return cls._from_official(path, text_encoder_dir, label_encoder_dir, import_to,
+                                threshold=threshold, **kwargs)
     if not (path / "config.json").exists():
       raise FileNotFoundError(
           f"{path}: neither a glidre-jax run directory (config.json + checkpoints), a saved "
           f"model folder ({pretrained.CONFIG_FILE}) nor an official GLiDRE directory "
           f"({OFFICIAL_CONFIG})")
-    config, graphdef, params, rest = run_setup.restore_weights(path, which)
-    model = cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config), **kwargs)
+    try:
+      config, graphdef, params, rest = run_setup.restore_weights(path, which)
+    except FileNotFoundError as err:  # e.g. --which latest on a run with a best checkpoint only
+      raise FileNotFoundError(str(err) if str(path) in str(err) else f"{path}: {err}") from err
+    if threshold is None:
+      threshold = checkpointing.selected_threshold(path, which, config.eval.threshold)
+    model = cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config),
+                threshold=threshold, **kwargs)
     model.run_dir = (path, which)
     return model
 
@@ -217,7 +236,8 @@ class GLiDREPredictor:
         out[i] = probs[row, :n, :n] * batch["pair_mask"][row, :n, :n, None]
     return out
 
-  def predict(self, documents: Sequence, labels: Sequence[str], threshold: float = 0.5, *,
+  def predict(self, documents: Sequence, labels: Sequence[str],
+              threshold: float | None = None, *,
               label_thresholds: Mapping[str, float] | None = None, top_k: int | None = None,
               drop_self_pairs: bool | None = None,
               constraints: decoding.Constraints | None = None,
@@ -231,6 +251,7 @@ class GLiDREPredictor:
     head_id/tail_id are their "id" as given (else the index), *_text and
     *_span their first mention ([start, end) in span_unit: "char" for raw
     text, "word" for word-based inputs; see `decoding.entity_records`).
+    threshold: None for `self.threshold` (the run's selected τ).
     label_thresholds: per-label overrides of `threshold`; top_k: at most k
     labels per pair; constraints: {label: (head types, tail types)} (None:
     any type) — pairs of other types never get that label.
@@ -238,6 +259,7 @@ class GLiDREPredictor:
     evaluation do); True / False drops / reports (e, e) pairs regardless.
     """
     self_pairs = self.self_pairs if drop_self_pairs is None else not drop_self_pairs
+    threshold = self.threshold if threshold is None else threshold
     decoder = decoding.make_decoder(labels, threshold, label_thresholds=label_thresholds,
                                     top_k=top_k, drop_self_pairs=not self_pairs,
                                     constraints=constraints)

@@ -200,3 +200,20 @@ def _on_every_process(ok: bool) -> bool:
   from jax.experimental import multihost_utils
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
+
+def selected_threshold(workdir, which: str, default: float) -> float:
+  """The τ a run's `which` checkpoint is used with: for 'best', the one it was
+  selected at (`selected_threshold` in the scores saved with its parameters,
+  glidre_jax.train); `default` for 'latest' (never selected) and for runs
+  that stored none (written before thresholds were stored)."""
+  if which != "best":
+    return default
+  checkpoints = RunCheckpoints(workdir, save_every=1)
+  try:
+    scores = checkpoints.best_scores()
+  finally:
+    checkpoints.close()
+  if scores is None or scores.get("selected_threshold") is None:
+    return default
+  return float(scores["selected_threshold"])
+

@@ -5,7 +5,9 @@
 
 loads the best (or latest) checkpoint of a run, predicts the split, writes the
 official result format (a list of {title, h_idx, t_idx, r}) and prints
-P / R / F1 / Ign F1 with the Re-DocRED semantics, at τ and over a sweep.
+P / R / F1 / Ign F1 with the Re-DocRED semantics, at τ and over a sweep. τ is
+the one stored with the best checkpoint (see `with_selection`) unless
+--threshold gives one.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from glidre_jax.data.documents import Document
 from glidre_jax.data.relations import RelationSchema
 
 MIN_CANDIDATE_SCORE = 0.05  # scores below this never matter for any threshold
+# eval.threshold_selection: "sweep" uses a checkpoint with the best τ of
+# eval.sweep on dev; "fixed" with eval.threshold (the paper's protocol, τ=0.5).
+THRESHOLD_SELECTIONS = ("sweep", "fixed")
 
 
 @dataclasses.dataclass
@@ -107,6 +112,37 @@ def evaluate_candidates(candidates: Candidates, docs: Sequence[Document],
   return result
 
 
+def check_selection(eval_cfg) -> None:
+  """eval.threshold_selection is known, and "sweep" has thresholds to sweep."""
+  selection = eval_cfg.threshold_selection
+  if selection not in THRESHOLD_SELECTIONS:
+    raise ValueError(f"eval.threshold_selection must be one of {THRESHOLD_SELECTIONS}, "
+                     f"got {selection!r}")
+  if selection == "sweep" and not eval_cfg.sweep:
+    raise ValueError("eval.threshold_selection='sweep' needs thresholds in eval.sweep")
+
+
+def with_selection(result: dict, selection: str) -> dict:
+  """`result` (of `evaluate_candidates`) plus the τ a checkpoint scored so is
+  used with and its scores: selected_threshold, selected_f1, selected_ign_f1."""
+  if selection == "sweep":
+    picked = (result["best_threshold"], result["best_f1"], result["best_ign_f1"])
+  elif selection == "fixed":
+    picked = (result["threshold"], result["f1"], result["ign_f1"])
+  else:
+    raise ValueError(f"threshold selection must be one of {THRESHOLD_SELECTIONS}, "
+                     f"got {selection!r}")
+  return {**result, **dict(zip(("selected_threshold", "selected_f1", "selected_ign_f1"),
+                               picked))}
+
+
+def improves(scores: dict, best: dict | None) -> bool:
+  """Model selection: `scores` (of `with_selection`) beat the best so far by
+  the F1 at the τ each checkpoint is used with (`best`: None or a run's
+  stored best scores, which before stored thresholds had no selected_f1)."""
+  return best is None or scores["selected_f1"] > best.get("selected_f1", -1.0)
+
+
 def format_scores(result: dict) -> str:
   line = (f"τ={result['threshold']:.2f}  P {100 * result['precision']:.2f}  "
           f"R {100 * result['recall']:.2f}  F1 {100 * result['f1']:.2f}  "
@@ -121,7 +157,7 @@ def format_scores(result: dict) -> str:
 def main(argv=None):
   import argparse
 
-  from glidre_jax import run_setup
+  from glidre_jax import checkpointing, run_setup
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="a run directory of glidre_jax.train")
   parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
@@ -129,14 +165,21 @@ def main(argv=None):
                       help="split expression, e.g. 'dev[400:]' (default: the run's eval split)")
   parser.add_argument("--data_dir", default=None, help="override the run's data directory")
   parser.add_argument("--threshold", type=float, default=None,
-                      help="default: the run's eval.threshold")
+                      help="default: the τ stored with the best checkpoint (eval.threshold "
+                           "for --checkpoint latest or runs that stored none)")
   parser.add_argument("--output", default=None, help="write predictions here (JSON list)")
   args = parser.parse_args(argv)
 
   run = run_setup.load_run(args.workdir, args.checkpoint, data_dir=args.data_dir)
   split = args.split or run.config.data.eval_split
   docs = run.read_split(split)
-  threshold = run.config.eval.threshold if args.threshold is None else args.threshold
+  if args.threshold is None:
+    threshold = checkpointing.selected_threshold(args.workdir, args.checkpoint,
+                                                 run.config.eval.threshold)
+    print(f"τ={threshold}: the run's {args.checkpoint} checkpoint's "
+          f"(eval.threshold_selection={run.config.eval.get('threshold_selection')!r})")
+  else:
+    threshold = args.threshold
   candidates = run.score(docs, progress=run_setup.progress_bar(f"predict {split}"))
   train = run.train_facts()
   result = evaluate_candidates(candidates, docs, run.schema, train,

@@ -1,7 +1,7 @@
 """Relation triples for new documents and your own relation labels.
 
     python -m glidre_jax.predict --checkpoint runs/default --input docs.jsonl \
-        --labels labels.txt --output out.jsonl [--threshold 0.5]
+        --labels labels.txt --output out.jsonl [--threshold 0.6]
 
 --input: JSON lines (one document per line) or a JSON list; each document is
 raw text with character-offset entities ({"text", "entities"}, see
@@ -12,6 +12,11 @@ official GLiDRE directory, or a Hub id. Writes one JSON object per document
 and line: {"title", ["id",] "relations": [{"head", "tail", "label", "score",
 "head_id", "tail_id", "head_text", "tail_text", "head_span", "tail_span",
 "span_unit"}, ...]} (see `decoding.entity_records`).
+Without --threshold, the τ stored with the run's best checkpoint is used
+(eval.threshold for --which latest and official checkpoints).
+Every error (a missing or unreadable file, invalid JSON, an option that does
+not fit the labels, a missing checkpoint) exits with status 2 and a message
+naming the file.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import json
 import pathlib
 import sys
 
+from glidre_jax import decoding
 from glidre_jax.data import inputs
 
 
@@ -60,20 +66,33 @@ def read_records(path) -> list[dict]:
   return records
 
 
-def _read_json_option(path, what: str):
+def _read_json_option(path, what: str) -> dict | None:
+  """A JSON object {label: ...} from `path` (None without a path)."""
   if path is None:
     return None
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{what} file {path} does not exist")
   try:
-    return json.loads(path.read_text(encoding="utf-8"))
+    value = json.loads(path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
     raise ValueError(f"{what} file {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{what} file {path}: expected a JSON object {{label: ...}}, got "
+                     f"{type(value).__name__}")
+  return value
+
+
+def _check_option(labels, what: str, path, **option) -> None:
+  """Builds a decoder with one option to name its file in any error."""
+  try:
+    decoding.make_decoder(labels, **option)
+  except (ValueError, TypeError) as err:
+    raise ValueError(f"{what} file {path}: {err}") from None
 
 
 def run(args) -> int:
-  from glidre_jax import decoding, run_setup
+  from glidre_jax import run_setup
   from glidre_jax.api import GLiDREPredictor
 
   labels = list(decoding.check_labels(read_labels(args.labels)))
@@ -81,8 +100,11 @@ def run(args) -> int:
   docs = inputs.to_documents(records)  # every input error before the model loads
   constraints = _read_json_option(args.constraints, "constraints")
   label_thresholds = _read_json_option(args.label_thresholds, "label thresholds")
-  decoding.make_decoder(labels, args.threshold, label_thresholds=label_thresholds,
-                        top_k=args.top_k, constraints=constraints)  # validates the options
+  # Every option is checked before the model loads.
+  _check_option(labels, "constraints", args.constraints, constraints=constraints)
+  _check_option(labels, "label thresholds", args.label_thresholds,
+                label_thresholds=label_thresholds)
+  decoding.make_decoder(labels, top_k=args.top_k)
   kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
   if args.stride is not None:
     kwargs["stride"] = args.stride
@@ -115,7 +137,8 @@ def main(argv=None) -> int:
   parser.add_argument("--input", required=True, help="documents (.jsonl or JSON list)")
   parser.add_argument("--labels", required=True, help="relation names, one per line")
   parser.add_argument("--output", required=True, help="JSON lines, one per document")
-  parser.add_argument("--threshold", type=float, default=0.5)
+  parser.add_argument("--threshold", type=float, default=None,
+                      help="default: the τ stored with the run's best checkpoint")
   parser.add_argument("--label_thresholds", default=None,
                       help="JSON file {label: threshold} overriding --threshold")
   parser.add_argument("--constraints", default=None,

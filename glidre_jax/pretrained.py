@@ -118,7 +118,8 @@ def _meta(predictor, labels, training, scores, license: str) -> dict:  # noqa: A
           "config": json.loads(stored.to_json_best_effort()),
           "encoders": {k: encoder_hub_id(predictor.config[k]) or predictor.config[k]
                        for k in ENCODER_DIRS},
-          "labels": list(labels) if labels else None, "training": training, "license": license}
+          "labels": list(labels) if labels else None, "training": training, "license": license,
+          "threshold": predictor.threshold}  # the τ `predict` uses by default
 
 
 def save_official(predictor, directory, *, labels=None, training=None, scores=None,

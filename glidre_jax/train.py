@@ -2,10 +2,12 @@
 
     python -m glidre_jax.train --config=configs/default.py [--config.train.steps=200]
 
-Logs the loss every `train.log_every` steps (fetched from the device only
-then), evaluates on the dev split every `train.eval_every` steps with a
-threshold sweep, keeps the latest checkpoint (with the data iterator, so a
-killed run resumes exactly) and the best-on-dev parameters under `workdir`.
+A step is one optimizer update (train.grad_accum micro-batches). Logs the
+loss every `train.log_every` steps (fetched from the device only then),
+evaluates on the dev split every `train.eval_every` steps with a threshold
+sweep, keeps the latest checkpoint (with the data iterator, so a killed run
+resumes exactly) and the best-on-dev parameters under `workdir`, with the
+threshold τ they were selected at (`eval.threshold_selection`).
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from glidre_jax import (checkpointing, distributed, evaluate, metrics, run_setup, sharding,
-                        shipped, trainer as trainer_lib)
+from glidre_jax import (checkpointing, cli_config, distributed, evaluate, metrics, run_setup,
+                        sharding, shipped, trainer as trainer_lib)
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import pipeline
 
@@ -52,18 +54,21 @@ class Evaluator:
     self.features = data.features(docs)
 
   def __call__(self, state) -> dict:
+    """Scores at eval.threshold, over the sweep, and at the τ the checkpoint
+    would be used with (`selected_threshold`, `selected_f1`)."""
     cfg = self.data.config
     candidates = evaluate.score_split(self.predictor, state.params, state.rest, self.data,
                                       self.features)
-    return evaluate.evaluate_candidates(candidates, self.docs, self.data.schema,
-                                        self.train_facts, cfg.eval.threshold,
-                                        tuple(cfg.eval.sweep))
+    scores = evaluate.evaluate_candidates(candidates, self.docs, self.data.schema,
+                                          self.train_facts, cfg.eval.threshold,
+                                          tuple(cfg.eval.sweep))
+    return evaluate.with_selection(scores, cfg.eval.threshold_selection)
 
 
 def _eval_note(config, own_labels: bool) -> str:
   if not own_labels:
     return ""
-  if config.data.get("held_out_relations"):
+  if config.data.held_out_relations:
     return " (held out of training: zero-shot)"
   return " (the eval file's relation names)"
 
@@ -71,6 +76,7 @@ def _eval_note(config, own_labels: bool) -> str:
 def train(config, workdir: pathlib.Path) -> dict:
   """Runs the whole training; returns the summary it prints at the end."""
   t_start = time.time()
+  evaluate.check_selection(config.eval)  # before anything is built
   is_main = jax.process_index() == 0
   run_setup.save_config(config, workdir) if is_main else None
   data, eval_data = run_setup.zero_shot_split(run_setup.data_setup(config))
@@ -95,7 +101,7 @@ def train(config, workdir: pathlib.Path) -> dict:
       decode=data.decode, train=True, seed=d.shuffle_seed, sort_window=d.sort_window,
       subset_size=d.subset_size or None, subset_seed=d.subset_seed,
       pair_filter=data.pair_filter, open_labels=data.open_labels,
-      window_stride=d.get("window_stride", 0))
+      window_stride=d.window_stride)
   iterator = pipeline.make_iterator(dataset)
 
   model = run_setup.build_model(config)
@@ -114,7 +120,7 @@ def train(config, workdir: pathlib.Path) -> dict:
     if restored is not None:
       start_step, state = restored
       log.info("resumed from step %d", start_step)
-  best = checkpoints.best_scores() or {"best_f1": -1.0}
+  best = checkpoints.best_scores()  # None before the first evaluation
   evaluator = Evaluator(trainer.predictor, eval_data, eval_docs,
                         metrics.train_facts(train_docs, data.schema))
   writer = _summary_writer(workdir) if is_main else None
@@ -124,12 +130,12 @@ def train(config, workdir: pathlib.Path) -> dict:
                                         disable=not is_main)
   say = bar.write if is_main else (lambda *_: None)
   t_steps, steps_timed = time.time(), 0
-  profiler = _StepProfiler(workdir / "profile", start_step, tc.get("profile_steps", 0))
+  profiler = _StepProfiler(workdir / "profile", start_step, tc.profile_steps)
   try:
-    for step in range(start_step + 1, tc.steps + 1):
-      batch = next(iterator)
+    for step in range(start_step + 1, tc.steps + 1):  # one optimizer update each
       profiler.before(step)
-      state = trainer.train_step(state, trainer.place(batch))
+      for _ in range(tc.grad_accum):  # the update lands on the last micro-step
+        state = trainer.train_step(state, trainer.place(next(iterator)))
       if profiler.after(step, state):
         say(f"wrote a profiler trace of {tc.profile_steps} steps to {workdir / 'profile'} "
             f"(tensorboard --logdir {workdir / 'profile'})")
@@ -149,12 +155,13 @@ def train(config, workdir: pathlib.Path) -> dict:
         scores = evaluator(state)
         say(f"step {step} dev: {evaluate.format_scores(scores)}")
         if writer:
-          for key in ("f1", "ign_f1", "precision", "recall", "best_f1", "best_threshold"):
+          for key in ("f1", "ign_f1", "precision", "recall", "best_f1", "best_threshold",
+                      "selected_f1", "selected_threshold"):
             writer.add_scalar(f"dev/{key}", scores[key], step)
-        if scores["best_f1"] > best["best_f1"]:
+        if evaluate.improves(scores, best):  # by the F1 at the τ it will be used with
           best = {**scores, "step": step}
           checkpoints.save_best(step, state.params, best)
-      stopping = step == tc.get("stop_after_step", 0)
+      stopping = step == tc.stop_after_step
       if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
         checkpoints.save_latest(step, state, iterator, force=step == tc.steps or stopping)
       if stopping:
@@ -169,8 +176,9 @@ def train(config, workdir: pathlib.Path) -> dict:
     if writer:
       writer.close()
   summary = {
-      "best_dev": best,
-      "steps": tc.steps,
+      "best_dev": best or {},  # empty when no evaluation ran (stop_after_step)
+      "steps": tc.steps,  # optimizer updates
+      "micro_steps": int(jax.device_get(state.step)),
       "train_step_compilations": trainer.num_traces,
       "predict_compilations": trainer.predictor.num_traces,
       "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -198,7 +206,7 @@ def abstract_batch(config, num_labels: int) -> dict:
 
 def memory_report(config) -> str:
   """Compiles the train step for the largest bucket and reports its memory."""
-  num_labels = (max(config.data.label_buckets) if config.data.get("open_labels")
+  num_labels = (max(config.data.label_buckets) if config.data.open_labels
                 else run_setup.load_schema(config).num_labels)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train, mesh)
@@ -285,13 +293,14 @@ def main(argv):
         f"(step {best.get('step')}): F1 {100 * best.get('f1', 0):.2f} / Ign F1 "
         f"{100 * best.get('ign_f1', 0):.2f} at τ={best.get('threshold')}, "
         f"F1 {100 * best.get('best_f1', 0):.2f} at best τ={best.get('best_threshold')}; "
+        f"stored τ={best.get('selected_threshold')} ({config.eval.threshold_selection}); "
         f"train-step compilations {summary['train_step_compilations']}, peak RSS "
         f"{summary['peak_rss_mb']:.0f} MB; checkpoints in {workdir}")
 
 
 def run() -> None:
   """The `glidre-train` console script."""
-  app.run(main)
+  app.run(main, flags_parser=cli_config.parse_flags)  # --config.x=None sets x to None
 
 
 if __name__ == "__main__":

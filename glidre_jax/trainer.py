@@ -12,36 +12,64 @@ from flax import nnx
 
 from glidre_jax import losses, sharding
 
-TEXT_ENCODER, LABEL_ENCODER = "bert_layer", "labels_encoder"  # lr_encoder below these
+# The official optimizer groups (glidre/training_utils.py:create_optimizer):
+# every parameter under `token_rep_layer` (both encoders and their
+# projections) at lr_encoder, everything else at lr_head; no weight decay on
+# biases and LayerNorm parameters. Our parameter paths mirror the official
+# state-dict keys, so the same names decide.
+ENCODER_SCOPE, LABEL_ENCODER = "token_rep_layer", "labels_encoder"
+# nnx.LayerNorm's parameters are `scale` and `bias`; no other module of the
+# model has a `scale` (tests/test_optimizer.py checks it).
+NO_DECAY_LEAVES = ("bias", "scale")
 
 
-def param_groups(params, freeze_label_encoder: bool = False) -> Any:
-  """'encoder' for both encoders' weights, 'head' for everything else, and
-  'frozen' for the label encoder when it is not trained."""
+def _names(path) -> list[str]:
+  return [str(getattr(p, "key", p)) for p in path]
+
+
+def param_groups(params, freeze_label_encoder: bool) -> Any:
+  """'encoder' for `token_rep_layer.*`, 'head' for everything else, and
+  'frozen' for the label encoder's own weights when it is not trained."""
   def group(path, _):
-    names = {str(getattr(p, "key", p)) for p in path}
-    if LABEL_ENCODER in names:
-      return "frozen" if freeze_label_encoder else "encoder"
-    return "encoder" if TEXT_ENCODER in names else "head"
+    names = _names(path)
+    if freeze_label_encoder and LABEL_ENCODER in names:
+      return "frozen"
+    return "encoder" if ENCODER_SCOPE in names else "head"
   return jax.tree_util.tree_map_with_path(group, params)
 
 
+def decay_mask(params) -> Any:
+  """True where AdamW applies weight decay (not biases, not LayerNorm)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _names(path)[-1] not in NO_DECAY_LEAVES, params)
+
+
+def learning_rate_schedules(train_cfg) -> dict[str, optax.Schedule]:
+  """Per-group learning rate against the optimizer-update count: linear
+  warm-up from 0 over warmup_fraction of train.steps, then cosine to 0 at
+  train.steps (transformers' get_cosine_schedule_with_warmup, as official)."""
+  steps = train_cfg.steps
+  warmup = max(int(train_cfg.warmup_fraction * steps), 1)
+  return {name: optax.warmup_cosine_decay_schedule(
+      0.0, peak, warmup_steps=warmup, decay_steps=max(steps, warmup + 1))
+          for name, peak in (("encoder", train_cfg.lr_encoder), ("head", train_cfg.lr_head))}
+
+
 def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
-  """AdamW with two cosine-with-warm-up learning rates, clipping, accumulation."""
-  steps = max(1, train_cfg.steps // train_cfg.grad_accum)  # optimizer updates
-  warmup = int(train_cfg.warmup_fraction * steps)
+  """AdamW (official groups, see above), clipping, accumulation.
 
-  def adamw(peak):
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, peak, warmup_steps=max(warmup, 1), decay_steps=max(steps, warmup + 1))
-    return optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
-
+  `train.steps` counts optimizer updates: with grad_accum = k, one update
+  consumes k micro-batches (optax.MultiSteps averages their gradients;
+  clipping and AdamW act on the average, as the official loop does).
+  """
   tx = optax.chain(
       optax.clip_by_global_norm(train_cfg.clip_norm),
-      optax.multi_transform({"encoder": adamw(train_cfg.lr_encoder),
-                             "head": adamw(train_cfg.lr_head),
-                             "frozen": optax.set_to_zero()},
-                            param_groups(params, train_cfg.get("freeze_label_encoder", False))))
+      optax.multi_transform(
+          # mask is a callable: it sees each group's own subtree.
+          {name: optax.adamw(schedule, weight_decay=train_cfg.weight_decay, mask=decay_mask)
+           for name, schedule in learning_rate_schedules(train_cfg).items()}
+          | {"frozen": optax.set_to_zero()},
+          param_groups(params, train_cfg.freeze_label_encoder)))
   if train_cfg.grad_accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=train_cfg.grad_accum)
   return tx
@@ -49,7 +77,7 @@ def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
 
 @dataclasses.dataclass
 class TrainState:
-  step: jax.Array
+  step: jax.Array  # micro-steps taken (optimizer updates × grad_accum)
   params: Any  # nnx.State of nnx.Param
   rest: Any  # other model state (dropout rng streams)
   opt_state: Any
@@ -104,7 +132,8 @@ class Trainer:
     self.num_traces = 0  # how often the train step was traced (compiles)
 
   def train_step(self, state: TrainState, batch: dict) -> TrainState:
-    """One optimizer micro-step; `batch` as placed by `pipeline.to_device`."""
+    """One micro-step (an optimizer update every train.grad_accum of them);
+    `batch` as placed by `pipeline.to_device`."""
     with jax.set_mesh(self.mesh):  # sharding.constrain resolves against it
       return self._train_step_jit(state, batch)
 
@@ -124,7 +153,7 @@ class Trainer:
     model = nnx.merge(self.train_graphdef, params, rest)
     cfg = self.train_cfg
     label_vectors = model.encode_labels(batch["label_input_ids"], batch["label_attention_mask"],
-                                        freeze_encoder=cfg.get("freeze_label_encoder", False))
+                                        freeze_encoder=cfg.freeze_label_encoder)
     output = model(batch, label_vectors)
     loss = losses.relation_loss(output, batch, cfg.loss, alpha=cfg.focal_alpha,
                                 gamma=cfg.focal_gamma)

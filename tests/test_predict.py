@@ -48,6 +48,9 @@ def dev_docs(redocred_dev_path):
   return json.loads(redocred_dev_path.read_text())[:5]
 
 
+STORED_TAU = 0.6  # the τ run_dir's best checkpoint was "selected" at
+
+
 @pytest.fixture(scope="module")
 def run_dir(model, tmp_path_factory):
   """A run directory holding `model` as its best checkpoint (no training)."""
@@ -57,7 +60,8 @@ def run_dir(model, tmp_path_factory):
   run_setup.save_config(config, path)
   checkpoints = checkpointing.RunCheckpoints(path, save_every=1)
   try:
-    checkpoints.save_best(0, nnx.as_pure(nnx.split(model, nnx.Param, ...)[1]), {"f1": 0.0})
+    checkpoints.save_best(0, nnx.as_pure(nnx.split(model, nnx.Param, ...)[1]),
+                          {"f1": 0.0, "selected_threshold": STORED_TAU})
     checkpoints.wait()
   finally:
     checkpoints.close()
@@ -233,11 +237,17 @@ def test_from_pretrained_run_directory(run_dir, predictor, tmp_path):
                              rtol=1e-5, atol=1e-6)
   with pytest.raises(FileNotFoundError, match="neither a glidre-jax run directory"):
     GLiDREPredictor.from_pretrained(tmp_path)
+  # The τ stored with the best checkpoint is predict's default; an explicit one wins.
+  assert loaded.threshold == STORED_TAU and predictor.threshold == 0.5  # eval.threshold
+  assert loaded.predict([RAW], LABELS) == loaded.predict([RAW], LABELS, threshold=STORED_TAU)
+  assert GLiDREPredictor.from_pretrained(run_dir, threshold=0.3).threshold == 0.3
+  with pytest.raises(FileNotFoundError, match=f"{run_dir}: this run has no checkpoint"):
+    GLiDREPredictor.from_pretrained(run_dir, "latest")
 
 
 def test_from_pretrained_official_directory(minilm_dir, tmp_path):
-  pytest.importorskip("converters.import_official")
-  transformers = pytest.importorskip("transformers")
+  import transformers
+
   from converters import official
   from converters.export_official import export_glidre
   from glidre_jax import encoders
@@ -410,7 +420,7 @@ def _write(tmp_path, docs, labels="country\n# comment\n\nplace of birth\n"):
           "--output", str(tmp_path / "out.jsonl")]
 
 
-def test_cli(run_dir, dev_docs, tmp_path, capsys):
+def test_cli(run_dir, dev_docs, tmp_path, capsys, predictor):
   args = _write(tmp_path, [dict(RAW, id=7), dev_docs[0]])
   assert predict_cli.main(["--checkpoint", str(run_dir), *args, "--threshold", "0.4"]) == 0
   lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -418,6 +428,12 @@ def test_cli(run_dir, dev_docs, tmp_path, capsys):
   assert all(r["label"] in ("country", "place of birth") and r["score"] > 0.4
              for x in lines for r in x["relations"])
   assert "wrote" in capsys.readouterr().out
+  # Without --threshold: the τ stored with the run's best checkpoint.
+  assert predict_cli.main(["--checkpoint", str(run_dir), *args]) == 0
+  lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+  expected = predictor.predict([RAW, dev_docs[0]], ["country", "place of birth"],
+                               threshold=STORED_TAU)
+  assert [x["relations"] for x in lines] == expected and any(expected)
 
 
 @pytest.mark.parametrize("docs, labels, message", [
@@ -432,3 +448,34 @@ def test_cli_bad_input(tmp_path, capsys, docs, labels, message):
     (tmp_path / "labels.txt").unlink()
   assert predict_cli.main(["--checkpoint", str(tmp_path / "nowhere"), *args]) == 2
   assert __import__("re").search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "latest of a best-only run",
+                                  "invalid JSON input", "constraints: invalid JSON",
+                                  "constraints: not an object", "constraints: unknown label",
+                                  "constraints: bad spec", "label thresholds: unknown label"])
+def test_cli_errors_after_input_parsing(run_dir, tmp_path, capsys, case):
+  """Each exits with status 2 and a message naming the file at fault."""
+  import re
+  args = _write(tmp_path, [RAW])
+  checkpoint, extra, culprit = run_dir, [], None
+  options = tmp_path / "options.json"
+  if case == "missing checkpoint":
+    checkpoint = culprit = tmp_path / "nowhere"
+  elif case == "latest of a best-only run":
+    extra, culprit = ["--which", "latest"], run_dir
+  elif case == "invalid JSON input":
+    (tmp_path / "docs.jsonl").write_text(json.dumps(RAW) + "\n{\"text\": \n")
+    culprit = tmp_path / "docs.jsonl"
+  else:
+    flag = "--label_thresholds" if case.startswith("label thresholds") else "--constraints"
+    options.write_text({"constraints: invalid JSON": '{"country": [["LOC"], ',
+                        "constraints: not an object": '[["LOC"], ["LOC"]]',
+                        "constraints: unknown label": '{"spouse": [null, null]}',
+                        "constraints: bad spec": '{"country": ["LOC"]}',
+                        "label thresholds: unknown label": '{"spouse": 0.3}'}[case])
+    extra, culprit = [flag, str(options)], options
+  assert predict_cli.main(["--checkpoint", str(checkpoint), *args, *extra]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and re.search(re.escape(str(culprit)), err), err
+  assert not (tmp_path / "out.jsonl").exists()
