@@ -77,6 +77,7 @@ def models(minilm_dir, tok, tmp_path_factory):
   out = export_glidre(model, tmp_path_factory.mktemp("official"), minilm_dir, minilm_dir)
   config = default.get_config()
   config.data.max_length = MAX_LENGTH
+  config.model.self_pairs = True  # the official code scores (e, e) pairs too
   ours = GLiDREPredictor.from_model(model, config, tokenizers=(tok, tok), batch_size=8,
                                     buckets=featurize_lib.Buckets((512,), (512,), (64,)))
   return ours, TorchGLiDRE.from_pretrained(out)
