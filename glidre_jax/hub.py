@@ -134,6 +134,8 @@ def model_dir(name: str, *, revision: str | None = None, cache_dir=None, token=N
   """A local GLiDRE directory, or the snapshot of the Hub repository `name`."""
   path = resolve(name, what="GLiDRE model", revision=revision, patterns=MODEL_FILES,
                  cache_dir=cache_dir, token=token)
+  if is_local(name):
+    return path  # its loader reports what is missing or damaged, config first
   if (path / "glidre_config.json").is_file() and not (path / "model.safetensors").is_file():
     path = resolve(name, what="GLiDRE model", revision=revision,
                    patterns=MODEL_FILES + ("pytorch_model.bin",),

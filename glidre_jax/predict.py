@@ -111,7 +111,8 @@ def run(args) -> int:
   model = GLiDREPredictor.from_pretrained(args.checkpoint, args.which,
                                           text_encoder_dir=args.text_encoder_dir,
                                           label_encoder_dir=args.label_encoder_dir, **kwargs)
-  results = model.predict(docs, labels, args.threshold, label_thresholds=label_thresholds,
+  # The records, not `docs`: raw-text inputs keep their character spans.
+  results = model.predict(records, labels, args.threshold, label_thresholds=label_thresholds,
                           top_k=args.top_k, drop_self_pairs=False if args.keep_self_pairs else None,
                           constraints=constraints,
                           progress=run_setup.progress_bar("predict"))

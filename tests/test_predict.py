@@ -241,7 +241,7 @@ def test_from_pretrained_run_directory(run_dir, predictor, tmp_path):
   assert loaded.threshold == STORED_TAU and predictor.threshold == 0.5  # eval.threshold
   assert loaded.predict([RAW], LABELS) == loaded.predict([RAW], LABELS, threshold=STORED_TAU)
   assert GLiDREPredictor.from_pretrained(run_dir, threshold=0.3).threshold == 0.3
-  with pytest.raises(FileNotFoundError, match=f"{run_dir}: this run has no checkpoint"):
+  with pytest.raises(FileNotFoundError, match=f"{run_dir}: this run has no latest checkpoint"):
     GLiDREPredictor.from_pretrained(run_dir, "latest")
 
 

@@ -42,7 +42,8 @@ def make_batch(b=4, l=16, w=8, e=4, k=5, t=4):
 def run(mesh):
   cfg = ml_collections.ConfigDict(dict(
       steps=10, grad_accum=1, lr_encoder=1e-3, lr_head=1e-3, weight_decay=0.01,
-      warmup_fraction=0.1, clip_norm=10.0, loss="focal", focal_alpha=0.8, focal_gamma=3.0))
+      warmup_fraction=0.1, clip_norm=10.0, loss="focal", focal_alpha=0.8, focal_gamma=3.0,
+      freeze_label_encoder=False))
   trainer = trainer_lib.Trainer(make_model(), cfg, mesh)
   state = trainer.initial_state
   for _ in range(2):
