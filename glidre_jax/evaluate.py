@@ -11,15 +11,18 @@ the one stored with the best checkpoint (see `with_selection`) unless
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import pathlib
 from collections.abc import Callable, Sequence
 
+import ml_collections
 import numpy as np
 
-from glidre_jax import metrics
+from glidre_jax import checkpointing, cli, inference, metrics, run_dir
 from glidre_jax.data import featurize as featurize_lib
-from glidre_jax.data import windows
+from glidre_jax.data import registry
 from glidre_jax.data.documents import Document
 from glidre_jax.data.relations import RelationSchema
 
@@ -55,10 +58,8 @@ def score_documents(predict: Callable[[dict], np.ndarray], features: Sequence[di
   """
   num_labels = int(np.sum(label_batch["label_mask"]))
   found = {k: [] for k in ("doc", "head", "tail", "label", "score")}
-  chunks = windows.plan_batches(features, buckets, batch_size, window)
-  for chunk, collate in (progress(chunks) if progress else chunks):
-    batch = collate([features[i] for i in chunk], label_batch)
-    probs = np.asarray(predict(batch))
+  for chunk, _, probs in inference.predict_batches(predict, features, buckets, label_batch,
+                                                   batch_size, window, progress):
     for row, doc_index in enumerate(chunk):
       f = features[doc_index]
       n = len(f["entity_mask"])
@@ -154,10 +155,66 @@ def format_scores(result: dict) -> str:
   return line
 
 
-def main(argv=None):
-  import argparse
+class Evaluator:
+  """Dev-set scoring during training; documents are featurized once for the run."""
 
-  from glidre_jax import checkpointing, run_setup
+  def __init__(self, predictor: inference.Predictor, data: registry.DataSetup, docs,
+               train_facts):
+    self.predictor, self.data, self.docs, self.train_facts = predictor, data, docs, train_facts
+    self.features = data.features(docs)
+
+  def __call__(self, state) -> dict:
+    """Scores at eval.threshold, over the sweep, and at the τ the checkpoint
+    would be used with (`selected_threshold`, `selected_f1`)."""
+    cfg = self.data.config
+    candidates = score_split(self.predictor, state.params, state.rest, self.data, self.features)
+    scores = evaluate_candidates(candidates, self.docs, self.data.schema, self.train_facts,
+                                 cfg.eval.threshold, tuple(cfg.eval.sweep))
+    return with_selection(scores, cfg.eval.threshold_selection)
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  """A trained run rebuilt from its directory: config, data, weights, predictor."""
+  config: ml_collections.ConfigDict
+  data: registry.DataSetup  # evaluation view (held-out or eval-file labels)
+  params: object
+  rest: object
+  predictor: inference.Predictor
+  train_data: registry.DataSetup | None = None  # training view (default: `data`)
+
+  @property
+  def schema(self) -> RelationSchema:
+    return self.data.schema
+
+  def read_split(self, split: str) -> list[Document]:
+    return self.data.read_split(split)
+
+  def train_docs(self) -> list[Document]:
+    """The documents the run trained on (their facts define Ign F1)."""
+    return (self.train_data or self.data).train_docs()
+
+  def train_facts(self):
+    """Training facts for Ign F1, named as the training label set names them."""
+    return metrics.train_facts(self.train_docs(), (self.train_data or self.data).schema)
+
+  def score(self, docs: Sequence[Document], progress=None) -> Candidates:
+    return score_split(self.predictor, self.params, self.rest, self.data,
+                       self.data.features(docs), progress=progress)
+
+
+def load_run(workdir, which: str = "best", *, data_dir: str | None = None) -> LoadedRun:
+  """Rebuilds a `glidre_jax.train` run from `workdir` with its best/latest weights."""
+  config = run_dir.load_config(pathlib.Path(workdir))
+  if data_dir is not None:
+    config.data.data_dir = data_dir
+  config, graphdef, params, rest = run_dir.restore_weights(workdir, which, config)
+  # held-out relations, if any
+  train_data, eval_data = registry.zero_shot_split(registry.data_setup(config))
+  return LoadedRun(config, eval_data, params, rest, inference.Predictor(graphdef), train_data)
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="a run directory of glidre_jax.train")
   parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
@@ -170,17 +227,17 @@ def main(argv=None):
   parser.add_argument("--output", default=None, help="write predictions here (JSON list)")
   args = parser.parse_args(argv)
 
-  run = run_setup.load_run(args.workdir, args.checkpoint, data_dir=args.data_dir)
+  run = load_run(args.workdir, args.checkpoint, data_dir=args.data_dir)
   split = args.split or run.config.data.eval_split
   docs = run.read_split(split)
   if args.threshold is None:
     threshold = checkpointing.selected_threshold(args.workdir, args.checkpoint,
                                                  run.config.eval.threshold)
     print(f"τ={threshold}: the run's {args.checkpoint} checkpoint's "
-          f"(eval.threshold_selection={run.config.eval.get('threshold_selection')!r})")
+          f"(eval.threshold_selection={run.config.eval.threshold_selection!r})")
   else:
     threshold = args.threshold
-  candidates = run.score(docs, progress=run_setup.progress_bar(f"predict {split}"))
+  candidates = run.score(docs, progress=cli.progress_bar(f"predict {split}"))
   train = run.train_facts()
   result = evaluate_candidates(candidates, docs, run.schema, train,
                                threshold, tuple(run.config.eval.sweep))

@@ -25,7 +25,8 @@ import json
 import pathlib
 import sys
 
-from glidre_jax import decoding
+from glidre_jax import cli, decoding
+from glidre_jax.api import GLiDREPredictor
 from glidre_jax.data import inputs
 
 
@@ -92,9 +93,6 @@ def _check_option(labels, what: str, path, **option) -> None:
 
 
 def run(args) -> int:
-  from glidre_jax import run_setup
-  from glidre_jax.api import GLiDREPredictor
-
   labels = list(decoding.check_labels(read_labels(args.labels)))
   records = read_records(args.input)
   docs = inputs.to_documents(records)  # every input error before the model loads
@@ -114,7 +112,7 @@ def run(args) -> int:
   results = model.predict(docs, labels, args.threshold, label_thresholds=label_thresholds,
                           top_k=args.top_k, drop_self_pairs=False if args.keep_self_pairs else None,
                           constraints=constraints,
-                          progress=run_setup.progress_bar("predict"))
+                          progress=cli.progress_bar("predict"))
   out = pathlib.Path(args.output)
   out.parent.mkdir(parents=True, exist_ok=True)
   with open(out, "w", encoding="utf-8") as f:

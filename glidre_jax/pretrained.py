@@ -19,7 +19,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from glidre_jax import hub, run_setup, weights
+from glidre_jax import hub, run_dir, weights
+from glidre_jax.data import registry
+from glidre_jax.data.tokenize import resolve_encoder_dir
 
 CONFIG_FILE = "glidre_jax_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -78,7 +80,7 @@ def _plain(scores: dict) -> dict:
 def run_labels(config) -> list[str] | None:
   """The relation names a run trained on, when its data can still be read."""
   try:
-    return list(run_setup.load_schema(config).names)
+    return list(registry.load_schema(config).names)
   except (FileNotFoundError, ValueError):
     return None
 
@@ -95,7 +97,7 @@ def save(predictor, directory, *, labels=None, training=None, scores=None,
   out.mkdir(parents=True, exist_ok=True)
   meta = _meta(predictor, labels, training, scores, license)
   for key, sub in ENCODER_DIRS.items():
-    _copy_encoder(run_setup.resolve_encoder_dir(predictor.config[key], weights=False), out / sub)
+    _copy_encoder(resolve_encoder_dir(predictor.config[key], weights=False), out / sub)
   arrays = flat_arrays(predictor.params)
   odd = sorted(k for k, v in arrays.items() if v.dtype.kind not in "fiub")
   if odd:
@@ -132,7 +134,7 @@ def save_official(predictor, directory, *, labels=None, training=None, scores=No
   export = shipped.converters("export_official")
   config = predictor.config
   model = nnx.merge(predictor.predictor.graphdef, predictor.params, predictor.rest)
-  dirs = [run_setup.resolve_encoder_dir(config[k]) for k in ENCODER_DIRS]
+  dirs = [resolve_encoder_dir(config[k]) for k in ENCODER_DIRS]
   names = [encoder_hub_id(config[k]) for k in ENCODER_DIRS]
   try:
     out = export.export_glidre(model, directory, *dirs, text_encoder_name=names[0],
@@ -189,7 +191,7 @@ def load(directory):
   config = ml_collections.ConfigDict(meta["config"])
   for key, sub in ENCODER_DIRS.items():
     config[key] = str(directory / sub)
-  model = run_setup.abstract_model(config)
+  model = run_dir.abstract_model(config)
   model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   path = directory / WEIGHTS_FILE

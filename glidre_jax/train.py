@@ -22,10 +22,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from glidre_jax import (checkpointing, cli_config, distributed, evaluate, metrics, run_setup,
+from glidre_jax import (checkpointing, cli, cli_config, distributed, evaluate, metrics, run_dir,
                         sharding, shipped, trainer as trainer_lib)
 from glidre_jax.data import batch as batch_lib
-from glidre_jax.data import pipeline
+from glidre_jax.data import pipeline, registry
 
 log = logging.getLogger("glidre_jax.train")
 
@@ -46,25 +46,6 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class Evaluator:
-  """Dev-set scoring; documents are featurized once for the whole run."""
-
-  def __init__(self, predictor, data: run_setup.DataSetup, docs, train_facts):
-    self.predictor, self.data, self.docs, self.train_facts = predictor, data, docs, train_facts
-    self.features = data.features(docs)
-
-  def __call__(self, state) -> dict:
-    """Scores at eval.threshold, over the sweep, and at the τ the checkpoint
-    would be used with (`selected_threshold`, `selected_f1`)."""
-    cfg = self.data.config
-    candidates = evaluate.score_split(self.predictor, state.params, state.rest, self.data,
-                                      self.features)
-    scores = evaluate.evaluate_candidates(candidates, self.docs, self.data.schema,
-                                          self.train_facts, cfg.eval.threshold,
-                                          tuple(cfg.eval.sweep))
-    return evaluate.with_selection(scores, cfg.eval.threshold_selection)
-
-
 def _eval_note(config, own_labels: bool) -> str:
   if not own_labels:
     return ""
@@ -78,13 +59,12 @@ def train(config, workdir: pathlib.Path) -> dict:
   t_start = time.time()
   evaluate.check_selection(config.eval)  # before anything is built
   is_main = jax.process_index() == 0
-  run_setup.save_config(config, workdir) if is_main else None
-  data, eval_data = run_setup.zero_shot_split(run_setup.data_setup(config))
+  run_dir.save_config(config, workdir) if is_main else None
+  data, eval_data = registry.zero_shot_split(registry.data_setup(config))
   d, tc = config.data, config.train
 
   train_source = data.source(d.train_split)
-  subset = pipeline.subset_indices(len(train_source), d.subset_size or None, d.subset_seed)
-  train_docs = [data.decode(train_source[int(i)]) for i in subset]
+  train_docs = data.train_docs()
   eval_docs = eval_data.read_split(d.eval_split)
   if config.eval.max_docs:
     eval_docs = eval_docs[:config.eval.max_docs]
@@ -104,7 +84,7 @@ def train(config, workdir: pathlib.Path) -> dict:
       window_stride=d.window_stride)
   iterator = pipeline.make_iterator(dataset)
 
-  model = run_setup.build_model(config)
+  model = run_dir.build_model(config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   trainer = trainer_lib.Trainer(model, tc, mesh)
   del model
@@ -121,12 +101,12 @@ def train(config, workdir: pathlib.Path) -> dict:
       start_step, state = restored
       log.info("resumed from step %d", start_step)
   best = checkpoints.best_scores()  # None before the first evaluation
-  evaluator = Evaluator(trainer.predictor, eval_data, eval_docs,
+  evaluator = evaluate.Evaluator(trainer.predictor, eval_data, eval_docs,
                         metrics.train_facts(train_docs, data.schema))
   writer = _summary_writer(workdir) if is_main else None
   losses_logged = []
 
-  bar = run_setup.progress_bar("train")(total=tc.steps, initial=start_step,
+  bar = cli.progress_bar("train")(total=tc.steps, initial=start_step,
                                         disable=not is_main)
   say = bar.write if is_main else (lambda *_: None)
   t_steps, steps_timed = time.time(), 0
@@ -207,9 +187,9 @@ def abstract_batch(config, num_labels: int) -> dict:
 def memory_report(config) -> str:
   """Compiles the train step for the largest bucket and reports its memory."""
   num_labels = (max(config.data.label_buckets) if config.data.open_labels
-                else run_setup.load_schema(config).num_labels)
+                else registry.load_schema(config).num_labels)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train, mesh)
+  trainer = trainer_lib.Trainer(run_dir.build_model(config), config.train, mesh)
   batch = abstract_batch(config, num_labels)
   placed = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=(
       trainer.batch_sharding if len(v.shape) and k in batch_lib.DOC_FIELDS

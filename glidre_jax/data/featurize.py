@@ -14,6 +14,7 @@ import numpy as np
 
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data.documents import Document
+from glidre_jax.data.readers import CDR_ORIENTATION
 from glidre_jax.data.tokenize import encode_labels, tokenize_words
 
 # Features copied into the padded batch arrays (each must fit its bucket).
@@ -36,6 +37,12 @@ class Buckets:
       if not v or any(x <= 0 for x in v):
         raise ValueError(f"Buckets.{f.name} needs positive sizes, got {v}")
       object.__setattr__(self, f.name, tuple(sorted(set(v))))
+
+  @classmethod
+  def from_config(cls, data_cfg) -> Buckets:
+    """A run config's buckets (data.seq_buckets, word_buckets, entity_buckets)."""
+    return cls(tuple(data_cfg.seq_buckets), tuple(data_cfg.word_buckets),
+               tuple(data_cfg.entity_buckets))
 
   @property
   def num_combinations(self) -> int:
@@ -86,7 +93,7 @@ def type_pair_filter(allowed: Sequence[tuple[str, str]]) -> PairFilter:
 
 
 # CDR scores chemical -> disease only (after readers.normalize_cdr).
-cdr_pair_filter = type_pair_filter([("CHEM", "DISE")])
+cdr_pair_filter = type_pair_filter([CDR_ORIENTATION])
 
 
 def without_self_pairs(pair_filter: PairFilter | None = None) -> PairFilter:

@@ -430,9 +430,13 @@ def write_glidre(docs: Sequence[Document], path: str | os.PathLike, *,
 
 # -- CDR ---------------------------------------------------------------------
 
+# CDR's relations are oriented chemical -> disease, and only such pairs are
+# candidates (data/featurize.py's cdr_pair_filter).
+CDR_ORIENTATION = ("CHEM", "DISE")
 
-def normalize_cdr(docs: Iterable[Document], *, chemical: str = "CHEM",
-                  disease: str = "DISE") -> list[Document]:
+
+def normalize_cdr(docs: Iterable[Document], *, chemical: str = CDR_ORIENTATION[0],
+                  disease: str = CDR_ORIENTATION[1]) -> list[Document]:
   """Orient every relation chemical -> disease (CDR files mix both directions).
 
   A relation between two entities that are not one chemical and one disease
