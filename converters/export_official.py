@@ -32,12 +32,6 @@ _TRAINING_ONLY = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 _CARRIED = ("pooler.",)
 
 
-def encoder_modules(model: GLiDREModel):
-  """(text encoder, label encoder) modules of a GLiDRE."""
-  layer = model.token_rep_layer
-  return layer.bert_layer.model, layer.labels_encoder.model
-
-
 def check_encoder_dir(encoder, encoder_dir: str | os.PathLike, role: str) -> dict:
   """The HF config of `encoder_dir`, checked against the encoder's own config."""
   hf = encoders.common.read_hf_config(encoder_dir)
@@ -71,7 +65,7 @@ def extra_encoder_tensors(encoder_dir: str | os.PathLike, model_type: str) -> di
 
 def glidre_state_dict(model: GLiDREModel) -> dict[str, np.ndarray]:
   """Our parameters under the official torch keys (torch layouts)."""
-  text, label = encoder_modules(model)
+  text, label = glidre_params.encoder_modules(model)
   table = glidre_params.key_table(text.config.model_type, label.config.model_type)
   flat = {k: np.asarray(v) for k, v in weights.flat_params(model).items()}
   return keymap.convert_to_torch(table, flat)
@@ -92,7 +86,7 @@ def export_glidre(model: GLiDREModel, out_dir: str | os.PathLike,
   cfg = model.config
   out = pathlib.Path(out_dir).absolute()
   out.mkdir(parents=True, exist_ok=True)
-  text, label = encoder_modules(model)
+  text, label = glidre_params.encoder_modules(model)
   state = glidre_state_dict(model)
   hf = {}
   for role, encoder, src, prefix in (

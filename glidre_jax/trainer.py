@@ -11,13 +11,14 @@ from flax import nnx
 
 from glidre_jax import inference, losses, sharding
 from glidre_jax.data import pipeline
+from glidre_jax.model import params as model_params
 
 # The official optimizer groups (glidre/training_utils.py:create_optimizer):
 # every parameter under `token_rep_layer` (both encoders and their
 # projections) at lr_encoder, everything else at lr_head; no weight decay on
 # biases and LayerNorm parameters. Our parameter paths mirror the official
 # state-dict keys, so the same names decide.
-ENCODER_SCOPE, LABEL_ENCODER = "token_rep_layer", "labels_encoder"
+ENCODER_SCOPE, LABEL_ENCODER = model_params.ENCODER_SCOPE, model_params.LABEL_ENCODER_PATH[1]
 # nnx.LayerNorm's parameters are `scale` and `bias`; no other module of the
 # model has a `scale` (tests/test_optimizer.py checks it).
 NO_DECAY_LEAVES = ("bias", "scale")

@@ -58,7 +58,7 @@ def run_config(args, n: int, seed: int):
   """configs/default.py (+ variant and --set overrides) for one (N, seed) run."""
   c = common.apply_overrides(
       shipped.config_module("default").get_config(args.config_variant), args.set)
-  if c.data.get("held_out_relations"):
+  if c.data.held_out_relations:
     raise ValueError("few_shot scores all relations; data.held_out_relations must be empty")
   c.data.subset_size, c.data.subset_seed = n, seed
   quick = getattr(args, "quick", False)

@@ -234,17 +234,7 @@ def collate(features: Sequence[Mapping | None], buckets: Buckets,
   seq, words, ents = shape
   k = int(np.shape(label_batch["label_mask"])[0])
 
-  out = {
-      "input_ids": np.zeros((b, seq), np.int32),
-      "attention_mask": np.zeros((b, seq), np.int32),
-      "word_index": np.zeros((b, words), np.int32),
-      "word_mask": np.zeros((b, words), np.int32),
-      "entity_word_weights": np.zeros((b, ents, words), np.float32),
-      "entity_mask": np.zeros((b, ents), np.int32),
-      "pair_mask": np.zeros((b, ents, ents), np.int32),
-      "labels": np.zeros((b, ents, ents, k), np.int32),
-      "doc_mask": np.zeros((b,), np.int32),
-  }
+  out = batch_lib.zeros(dict(B=b, L=seq, W=words, E=ents, K=k))
   put_label_fields(out, label_batch)
   for i, f in enumerate(features):  # per document of the batch, host side
     if f is None:

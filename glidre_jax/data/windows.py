@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data.documents import Document
 
@@ -120,18 +121,7 @@ def collate_windows(features: Sequence[Mapping | None], buckets: featurize_lib.B
       1, int(need_w), int(need_e))
   k = int(np.shape(label_batch["label_mask"])[0])
   b = batch_size
-  out = {
-      "input_ids": np.zeros((b, n, window), np.int32),
-      "attention_mask": np.zeros((b, n, window), np.int32),
-      "word_index": np.zeros((b, n, w), np.int32),
-      "window_word_mask": np.zeros((b, n, w), np.int32),
-      "word_mask": np.zeros((b, w), np.int32),
-      "entity_word_weights": np.zeros((b, e, w), np.float32),
-      "entity_mask": np.zeros((b, e), np.int32),
-      "pair_mask": np.zeros((b, e, e), np.int32),
-      "labels": np.zeros((b, e, e, k), np.int32),
-      "doc_mask": np.zeros((b,), np.int32),
-  }
+  out = batch_lib.zeros(dict(B=b, N=n, L=window, W=w, E=e, K=k), windowed=True)
   for i, f in enumerate(features):  # per document of the batch, host side
     if f is not None:
       featurize_lib.place_document(out, i, f, _WINDOWED, num_words=f["window_word_mask"].shape[1])
