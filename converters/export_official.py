@@ -20,9 +20,11 @@ import os
 import pathlib
 
 import numpy as np
+from flax import nnx
 
 from . import official
-from glidre_jax import encoders, keymap, weights
+from glidre_jax import encoders, keymap, run_dir, weights
+from glidre_jax.data.tokenize import resolve_encoder_dir
 from glidre_jax.model.glidre import GLiDREModel
 from glidre_jax.model import params as glidre_params
 
@@ -109,9 +111,6 @@ def export_glidre(model: GLiDREModel, out_dir: str | os.PathLike,
 
 def load_run_model(workdir: str | os.PathLike, which: str = "best"):
   """(GLiDRE, text encoder dir, label encoder dir) of a `glidre_jax.train` run."""
-  from flax import nnx
-  from glidre_jax import run_dir
-  from glidre_jax.data.tokenize import resolve_encoder_dir
   config, graphdef, params, rest = run_dir.restore_weights(workdir, which)
   return (nnx.merge(graphdef, params, rest),
           resolve_encoder_dir(config.text_encoder),

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import official
-from glidre_jax import encoders, hub, keymap, weights
+from glidre_jax import checkpointing, encoders, hub, keymap, run_dir, shipped, weights
 from glidre_jax.model import params as glidre_params
 from glidre_jax.model.config import GLiDREConfig
 from glidre_jax.model.glidre import GLiDREModel, build_glidre
@@ -126,7 +126,6 @@ def _run_encoder_dir(desc: OfficialModel, role: str, workdir: pathlib.Path) -> s
 def save_as_run(model: GLiDREModel, desc: OfficialModel, workdir: str | os.PathLike,
                 seed: int = 0) -> pathlib.Path:
   """A run directory (default config + this model) with the model as 'best'."""
-  from glidre_jax import checkpointing, run_dir, shipped
   default = shipped.config_module("default")
   workdir = pathlib.Path(workdir).absolute()
   config = default.get_config()

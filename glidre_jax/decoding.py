@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from glidre_jax.data.documents import Document
+from glidre_jax.data.inputs import split_words
 from glidre_jax.data.relations import RelationSchema
 
 # {label: (allowed head types, allowed tail types)}; None: any type.
@@ -150,7 +151,6 @@ def entity_records(item, doc) -> list[dict]:
   entity's "id" in raw-text inputs, else its index), and its first mention's
   text and [start, end) span — characters for raw-text inputs, document-level
   words otherwise."""
-  from glidre_jax.data.inputs import split_words
   raw = (item.get("entities") if isinstance(item, Mapping) and "vertexSet" not in item
          and "tokenized_text" not in item and isinstance(item.get("text"), str) else None)
   words = split_words(item["text"]) if raw is not None else None

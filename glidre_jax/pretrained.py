@@ -18,8 +18,10 @@ import shutil
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
-from glidre_jax import hub, run_dir, weights
+import glidre_jax
+from glidre_jax import checkpointing, hub, run_dir, shipped, weights
 from glidre_jax.data import registry
 from glidre_jax.data.tokenize import resolve_encoder_dir
 
@@ -51,7 +53,6 @@ def encoder_hub_id(name: str) -> str | None:
 
 def run_record(workdir, which: str, config) -> dict:
   """Training data and steps, and the dev scores, of a run directory."""
-  from glidre_jax import checkpointing
   workdir = pathlib.Path(workdir)
   d, t = config.data, config.train
   record = {"checkpoint": which, "steps": int(t.steps),
@@ -129,8 +130,6 @@ def save_official(predictor, directory, *, labels=None, training=None, scores=No
                   ) -> pathlib.Path:
   """The official PyTorch GLiDRE layout (converters.export_official) plus
   the model card; encoders are named by Hub id when they have one."""
-  from flax import nnx
-  from glidre_jax import shipped
   export = shipped.converters("export_official")
   config = predictor.config
   model = nnx.merge(predictor.predictor.graphdef, predictor.params, predictor.rest)
@@ -161,7 +160,6 @@ def _copy_encoder(src: pathlib.Path, dst: pathlib.Path) -> None:
 
 
 def _version() -> str:
-  import glidre_jax
   return glidre_jax.__version__
 
 
@@ -184,7 +182,6 @@ def read_meta(directory) -> dict:
 
 def load(directory):
   """(config, eval graphdef, params, rest, meta) of a saved folder."""
-  from flax import nnx
   from safetensors.numpy import load_file
   directory = pathlib.Path(directory).absolute()
   meta = read_meta(directory)
