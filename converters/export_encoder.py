@@ -15,9 +15,9 @@ import pathlib
 import numpy as np
 
 from . import official
-from .export_official import (check_encoder_dir, encoder_modules,
-                                        extra_encoder_tensors, load_run_model)
+from .export_official import check_encoder_dir, extra_encoder_tensors, load_run_model
 from glidre_jax import encoders, keymap, weights
+from glidre_jax.model import params as glidre_params
 
 
 def encoder_state_dict(encoder) -> dict[str, np.ndarray]:
@@ -31,7 +31,8 @@ def export_text_encoder(model, out_dir: str | os.PathLike, encoder_dir: str | os
                         ) -> pathlib.Path:
   """Writes the text encoder of `model` (a GLiDRE, or an encoder module) as a HF
   folder; `encoder_dir` is the HF directory it was initialised from."""
-  encoder = encoder_modules(model)[0] if hasattr(model, "token_rep_layer") else model
+  encoder = (glidre_params.encoder_modules(model)[0]
+             if hasattr(model, glidre_params.ENCODER_SCOPE) else model)
   check_encoder_dir(encoder, encoder_dir, "text")
   out = pathlib.Path(out_dir).absolute()
   official.write_encoder_folder(encoder_dir, out)

@@ -20,22 +20,18 @@ import os
 import pathlib
 
 import numpy as np
+from flax import nnx
 
 from . import official
-from glidre_jax import encoders, keymap, weights
-from glidre_jax.model.glidre import GLiDRE
+from glidre_jax import encoders, keymap, run_dir, weights
+from glidre_jax.data.tokenize import resolve_encoder_dir
+from glidre_jax.model.glidre import GLiDREModel
 from glidre_jax.model import params as glidre_params
 
 # Encoder config fields that only affect training, not the weights' layout.
 _TRAINING_ONLY = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 # Unused encoder tensors copied from the source checkpoint into exports.
 _CARRIED = ("pooler.",)
-
-
-def encoder_modules(model: GLiDRE):
-  """(text encoder, label encoder) modules of a GLiDRE."""
-  layer = model.token_rep_layer
-  return layer.bert_layer.model, layer.labels_encoder.model
 
 
 def check_encoder_dir(encoder, encoder_dir: str | os.PathLike, role: str) -> dict:
@@ -69,15 +65,15 @@ def extra_encoder_tensors(encoder_dir: str | os.PathLike, model_type: str) -> di
   return {bare(k): v for k, v in state.items() if bare(k).startswith(_CARRIED)}
 
 
-def glidre_state_dict(model: GLiDRE) -> dict[str, np.ndarray]:
+def glidre_state_dict(model: GLiDREModel) -> dict[str, np.ndarray]:
   """Our parameters under the official torch keys (torch layouts)."""
-  text, label = encoder_modules(model)
+  text, label = glidre_params.encoder_modules(model)
   table = glidre_params.key_table(text.config.model_type, label.config.model_type)
   flat = {k: np.asarray(v) for k, v in weights.flat_params(model).items()}
   return keymap.convert_to_torch(table, flat)
 
 
-def export_glidre(model: GLiDRE, out_dir: str | os.PathLike,
+def export_glidre(model: GLiDREModel, out_dir: str | os.PathLike,
                   text_encoder_dir: str | os.PathLike, label_encoder_dir: str | os.PathLike,
                   *, text_encoder_name: str | None = None, label_encoder_name: str | None = None,
                   safetensors: bool = True, **official_fields) -> pathlib.Path:
@@ -92,7 +88,7 @@ def export_glidre(model: GLiDRE, out_dir: str | os.PathLike,
   cfg = model.config
   out = pathlib.Path(out_dir).absolute()
   out.mkdir(parents=True, exist_ok=True)
-  text, label = encoder_modules(model)
+  text, label = glidre_params.encoder_modules(model)
   state = glidre_state_dict(model)
   hf = {}
   for role, encoder, src, prefix in (
@@ -115,12 +111,10 @@ def export_glidre(model: GLiDRE, out_dir: str | os.PathLike,
 
 def load_run_model(workdir: str | os.PathLike, which: str = "best"):
   """(GLiDRE, text encoder dir, label encoder dir) of a `glidre_jax.train` run."""
-  from flax import nnx
-  from glidre_jax import run_setup
-  config, graphdef, params, rest = run_setup.restore_weights(workdir, which)
+  config, graphdef, params, rest = run_dir.restore_weights(workdir, which)
   return (nnx.merge(graphdef, params, rest),
-          run_setup.resolve_encoder_dir(config.text_encoder),
-          run_setup.resolve_encoder_dir(config.label_encoder))
+          resolve_encoder_dir(config.text_encoder),
+          resolve_encoder_dir(config.label_encoder))
 
 
 def main(argv=None) -> None:

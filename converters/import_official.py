@@ -31,10 +31,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import official
-from glidre_jax import encoders, hub, keymap, weights
+from glidre_jax import checkpointing, encoders, hub, keymap, run_dir, shipped, weights
 from glidre_jax.model import params as glidre_params
 from glidre_jax.model.config import GLiDREConfig
-from glidre_jax.model.glidre import GLiDRE, build_glidre
+from glidre_jax.model.glidre import GLiDREModel, build_glidre
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _drop_unused(state: dict, prefix: str, encoder_config) -> dict:
 
 def import_glidre(directory: str | os.PathLike, *, text_encoder_dir=None,
                   label_encoder_dir=None, dtype=jnp.float32, label_max_length: int = 16,
-                  seed: int = 0) -> GLiDRE:
+                  seed: int = 0) -> GLiDREModel:
   """An official GLiDRE directory as our GLiDRE module (fp32 parameters).
 
   Raises `official.UnsupportedCheckpointError` for GLiDRE variants we do not
@@ -88,7 +88,7 @@ def import_glidre(directory: str | os.PathLike, *, text_encoder_dir=None,
                           label_max_length=label_max_length), dtype, seed)
 
 
-def _import(desc: OfficialModel, dtype, seed: int) -> GLiDRE:
+def _import(desc: OfficialModel, dtype, seed: int) -> GLiDREModel:
   text_cfg = encoders.config_from_hf(desc.text_hf)
   label_cfg = encoders.config_from_hf(desc.label_hf)
   make = lambda: build_glidre(desc.config, text_cfg, label_cfg, dtype=dtype, seed=seed)
@@ -123,10 +123,9 @@ def _run_encoder_dir(desc: OfficialModel, role: str, workdir: pathlib.Path) -> s
                           f"tokenizer for the run config; pass {flag}")
 
 
-def save_as_run(model: GLiDRE, desc: OfficialModel, workdir: str | os.PathLike,
+def save_as_run(model: GLiDREModel, desc: OfficialModel, workdir: str | os.PathLike,
                 seed: int = 0) -> pathlib.Path:
   """A run directory (default config + this model) with the model as 'best'."""
-  from glidre_jax import checkpointing, run_setup, shipped
   default = shipped.config_module("default")
   workdir = pathlib.Path(workdir).absolute()
   config = default.get_config()
@@ -137,7 +136,7 @@ def save_as_run(model: GLiDRE, desc: OfficialModel, workdir: str | os.PathLike,
   config.model.update(dataclasses.asdict(model.config))
   if model.config.adaptive_threshold:  # the loss that trains the threshold_layer
     config.train.loss = "adaptive_threshold"
-  run_setup.save_config(config, workdir)
+  run_dir.save_config(config, workdir)
   params = nnx.as_pure(nnx.split(model, nnx.Param, ...)[1])
   checkpoints = checkpointing.RunCheckpoints(workdir, save_every=1)
   try:

@@ -30,7 +30,7 @@ import numpy as np
 
 from glidre_jax import hub
 
-CONFIG_FILE = "glidre_config.json"
+CONFIG_FILE = hub.OFFICIAL_CONFIG
 SAFETENSORS = "model.safetensors"
 TORCH_BIN = "pytorch_model.bin"
 HF_CONFIG = "config.json"

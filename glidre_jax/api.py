@@ -29,12 +29,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 from flax import nnx
 
-from glidre_jax import checkpointing, decoding, hub, pretrained, run_setup, shipped, trainer
+from glidre_jax import checkpointing, decoding, hub, inference, pretrained, run_dir, shipped
 from glidre_jax.data import featurize as featurize_lib
-from glidre_jax.data import inputs, windows
+from glidre_jax.data import batching, inputs, registry
 from glidre_jax.data.documents import Document
+from glidre_jax.data.tokenize import load_tokenizers
 
-OFFICIAL_CONFIG = "glidre_config.json"  # marks an official PyTorch GLiDRE directory
+OFFICIAL_CONFIG = hub.OFFICIAL_CONFIG
 
 
 class GLiDREPredictor:
@@ -46,20 +47,19 @@ class GLiDREPredictor:
     self.config = config
     # The default decision threshold of `predict` (None: the config's).
     self.threshold = float(config.eval.threshold if threshold is None else threshold)
-    self.predictor = trainer.Predictor(graphdef)
+    self.predictor = inference.Predictor(graphdef)
     self.params, self.rest = params, rest
     self.tokenizer, self.label_tokenizer = tokenizer, label_tokenizer
     d = config.data
     self.max_length = int(d.max_length)
-    self.buckets = buckets or featurize_lib.Buckets(
-        tuple(d.seq_buckets), tuple(d.word_buckets), tuple(d.entity_buckets))
+    self.buckets = buckets or featurize_lib.Buckets.from_config(d)
     self.batch_size = int(batch_size or d.eval_batch_size)
     # 0: documents longer than max_length subwords are truncated; > 0: they are
     # encoded in windows of max_length starting every `stride` subwords. None:
     # as the run was trained and evaluated.
     self.stride = int(d.window_stride if stride is None else stride)
     # model.self_pairs: are (e, e) pairs scored (the rule training and evaluate follow)?
-    self.self_pairs = run_setup.model_config(config).self_pairs
+    self.self_pairs = bool(config.model.self_pairs)
     self._label_cache: dict[tuple[str, ...], tuple[dict, object]] = {}
     self.label_encoder_calls = 0  # label-encoder runs (cache misses)
     # Labels, training record and scores (a saved folder's; a run's on save).
@@ -74,7 +74,7 @@ class GLiDREPredictor:
     """From an in-memory GLiDRE module (switched to eval mode) and its run config."""
     model.eval()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tok, label_tok = tokenizers or run_setup.load_tokenizers(config)
+    tok, label_tok = tokenizers or load_tokenizers(config)
     return cls(config, graphdef, nnx.as_pure(params), nnx.as_pure(rest), tok, label_tok,
                **kwargs)
 
@@ -95,7 +95,7 @@ class GLiDREPredictor:
       config, graphdef, params, rest, meta = pretrained.load(path)
       if threshold is None:
         threshold = meta.get("threshold")
-      model = cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config),
+      model = cls(config, graphdef, params, rest, *load_tokenizers(config),
                   threshold=threshold, **kwargs)
       model.metadata = meta
       return model
@@ -108,12 +108,12 @@ class GLiDREPredictor:
           f"model folder ({pretrained.CONFIG_FILE}) nor an official GLiDRE directory "
           f"({OFFICIAL_CONFIG})")
     try:
-      config, graphdef, params, rest = run_setup.restore_weights(path, which)
+      config, graphdef, params, rest = run_dir.restore_weights(path, which)
     except FileNotFoundError as err:  # e.g. --which latest on a run with a best checkpoint only
       raise FileNotFoundError(str(err) if str(path) in str(err) else f"{path}: {err}") from err
     if threshold is None:
       threshold = checkpointing.selected_threshold(path, which, config.eval.threshold)
-    model = cls(config, graphdef, params, rest, *run_setup.load_tokenizers(config),
+    model = cls(config, graphdef, params, rest, *load_tokenizers(config),
                 threshold=threshold, **kwargs)
     model.run_dir = (path, which)
     return model
@@ -126,15 +126,15 @@ class GLiDREPredictor:
     with tempfile.TemporaryDirectory() as tmp:
       workdir = import_official.save_as_run(model, import_official.describe(path, **enc),
                                             import_to or tmp)
-      config = run_setup.load_config(workdir)
-      tokenizers = run_setup.load_tokenizers(config)  # read before tmp goes away
+      config = run_dir.load_config(workdir)
+      tokenizers = load_tokenizers(config)  # read before tmp goes away
     return cls.from_model(model, config, tokenizers=tokenizers, **kwargs)
 
   def train_labels(self) -> tuple[str, ...]:
     """The relation names of the run's dataset (e.g. the 96 Re-DocRED relations)."""
     if self.metadata.get("labels"):  # a saved folder: its data may be elsewhere
       return tuple(self.metadata["labels"])
-    return run_setup.load_schema(self.config).names
+    return registry.load_schema(self.config).names
 
   # -- saving -----------------------------------------------------------------
 
@@ -178,13 +178,16 @@ class GLiDREPredictor:
     key = decoding.check_labels(labels)
     if cache and key in self._label_cache:
       return self._label_cache[key]
-    label_batch = featurize_lib.label_batch(self.label_tokenizer, list(key),
-                                            max_length=self.config.model.label_max_length)
+    label_batch = self._label_batch(key)
     vectors = self.predictor.label_step(self.params, self.rest, label_batch)
     self.label_encoder_calls += 1
     if cache:
       self._label_cache[key] = (label_batch, vectors)
     return label_batch, vectors
+
+  def _label_batch(self, labels: tuple[str, ...]) -> dict:
+    return featurize_lib.label_batch(self.label_tokenizer, list(labels),
+                                     max_length=self.config.model.label_max_length)
 
   def clear_label_cache(self) -> None:
     self._label_cache.clear()
@@ -197,7 +200,7 @@ class GLiDREPredictor:
     self_pairs: score (e, e) pairs (None: the model's `self_pairs`)."""
     self_pairs = self.self_pairs if self_pairs is None else self_pairs
     pair_filter = None if self_pairs else featurize_lib.without_self_pairs()
-    feats = [windows.featurize_long(doc, self.tokenizer, {}, self.max_length, self.stride,
+    feats = [batching.featurize_long(doc, self.tokenizer, {}, self.max_length, self.stride,
                                     pair_filter=pair_filter)
              for doc in docs]
     lost = [(f["title"], f["dropped_entities"]) for f in feats if f["dropped_entities"]]
@@ -213,12 +216,11 @@ class GLiDREPredictor:
     """(document indices, padded batch, probabilities [B, E, E, K]) per batch,
     documents grouped by size (few bucket shapes, little padding); windowed
     documents batch apart from the others."""
-    chunks = windows.plan_batches(features, self.buckets, batch_size, self.max_length)
-    for chunk, collate in (progress(chunks) if progress else chunks):
-      label_batch, vectors = self.label_vectors(labels, cache=cache_labels)
-      batch = collate([features[i] for i in chunk], label_batch)
-      probs = self.predictor.predict_step(self.params, self.rest, batch, vectors)
-      yield chunk, batch, np.asarray(probs)
+    label_batch = self._label_batch(decoding.check_labels(labels))
+    predict = lambda batch: self.predictor.predict_step(
+        self.params, self.rest, batch, self.label_vectors(labels, cache=cache_labels)[1])
+    yield from inference.predict_batches(predict, features, self.buckets, label_batch,
+                                         batch_size, self.max_length, progress)
 
   # -- prediction -------------------------------------------------------------
 

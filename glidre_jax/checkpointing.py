@@ -150,16 +150,17 @@ class RunCheckpoints:
         self.best, ocp.args.Composite(scores=ocp.args.JsonRestore()), _BEST_HELP)
     return None if step is None else restored.scores
 
-  def restore_params(self, which: str, state_like):
-    """Parameters of the 'best' or 'latest' checkpoint (`state_like`: a
-    TrainState of the run, abstract is enough). 'latest' is the newest one
-    that can be read (see restore_latest)."""
+  def restore_params(self, which: str, params_like):
+    """Parameters of the 'best' or 'latest' checkpoint (`params_like`: the
+    model's parameters, abstract is enough); from 'latest' only the
+    parameters of the train state are read, so no optimizer is needed.
+    'latest' is the newest one that can be read (see restore_latest)."""
     if which == "best":
       manager, args = self.best, ocp.args.Composite(
-          params=ocp.args.StandardRestore(_abstract(state_like.params)))
+          params=ocp.args.StandardRestore(_abstract(params_like)))
     elif which == "latest":
-      manager, args = self.latest, ocp.args.Composite(
-          state=ocp.args.StandardRestore(_abstract(state_like)))
+      manager, args = self.latest, ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          {"params": _abstract(params_like)}, partial_restore=True))
     else:
       raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
     if manager.latest_step() is None:
@@ -167,7 +168,7 @@ class RunCheckpoints:
                               + (" yet (no evaluation ran)" if which == "best" else ""))
     _, restored = self._newest_readable(manager, args,
                                         _BEST_HELP if which == "best" else _LATEST_HELP)
-    return restored.params if which == "best" else restored.state.params
+    return restored.params if which == "best" else restored.state["params"]
 
   def wait(self):
     self.latest.wait_until_finished()

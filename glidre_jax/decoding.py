@@ -2,7 +2,9 @@
 
 Everything that decides which (head, tail, label) is reported lives here:
 per-label thresholds, entity-type constraints, top-k labels per pair and the
-self-pair option. All of it is vectorised over the batch.
+self-pair option (the predictor API and CLI), and the candidates that
+evaluation keeps once and cuts at every threshold of a sweep. A triple
+needs a score above its threshold on both paths.
 """
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
+
+from glidre_jax.data.documents import Document
+from glidre_jax.data.inputs import split_words
+from glidre_jax.data.relations import RelationSchema
 
 # {label: (allowed head types, allowed tail types)}; None: any type.
 Constraints = Mapping[str, tuple[Collection[str] | None, Collection[str] | None]]
@@ -145,7 +151,6 @@ def entity_records(item, doc) -> list[dict]:
   entity's "id" in raw-text inputs, else its index), and its first mention's
   text and [start, end) span — characters for raw-text inputs, document-level
   words otherwise."""
-  from glidre_jax.data.inputs import split_words
   raw = (item.get("entities") if isinstance(item, Mapping) and "vertexSet" not in item
          and "tokenized_text" not in item and isinstance(item.get("text"), str) else None)
   words = split_words(item["text"]) if raw is not None else None
@@ -173,3 +178,50 @@ def attach_entities(triples: list[dict], entities: Sequence[dict]) -> list[dict]
       triple[f"{side}_span"] = list(entity["span"])
     triple["span_unit"] = entities[triple["head"]]["unit"]
   return triples
+
+
+# -- evaluation candidates (glidre_jax.evaluate) ------------------------------
+
+MIN_CANDIDATE_SCORE = 0.05  # scores below this never matter for any threshold
+
+
+@dataclasses.dataclass
+class Candidates:
+  """Every (doc, head, tail, label) scored at least MIN_CANDIDATE_SCORE."""
+  doc: np.ndarray
+  head: np.ndarray
+  tail: np.ndarray
+  label: np.ndarray
+  score: np.ndarray
+
+  @classmethod
+  def concatenate(cls, parts: Sequence[Candidates]) -> Candidates:
+    fields = [f.name for f in dataclasses.fields(cls)]
+    if not parts:
+      return cls(*(np.zeros(0) for _ in fields))
+    return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+  def above(self, threshold: float) -> Candidates:
+    keep = self.score > threshold
+    return Candidates(*(getattr(self, f.name)[keep] for f in dataclasses.fields(self)))
+
+
+def candidates_of(probs: np.ndarray, feature: Mapping, doc_index: int, num_labels: int
+                  ) -> Candidates:
+  """The candidates of one document: its probabilities [E', E', K'] (padded)
+  on its scored pairs of real entities, at least MIN_CANDIDATE_SCORE."""
+  n = len(feature["entity_mask"])
+  real = feature["entity_mask"].astype(bool)
+  valid = feature["pair_mask"].astype(bool) & real[:, None] & real[None, :]
+  p = probs[:n, :n, :num_labels] * valid[..., None]
+  h, t, k = np.nonzero(p >= MIN_CANDIDATE_SCORE)
+  return Candidates(np.full(len(h), doc_index), h, t, k, p[h, t, k])
+
+
+def to_predictions(candidates: Candidates, docs: Sequence[Document],
+                   schema: RelationSchema, threshold: float) -> list[dict]:
+  """The official result format: [{title, h_idx, t_idx, r, score}]."""
+  kept = candidates.above(threshold)
+  return [{"title": docs[d].title, "h_idx": int(h), "t_idx": int(t),
+           "r": schema.ids[k], "score": round(float(s), 6)}
+          for d, h, t, k, s in zip(kept.doc, kept.head, kept.tail, kept.label, kept.score)]

@@ -1,7 +1,7 @@
-"""Scoring documents, decoding triples, and the evaluation CLI.
+"""Scoring documents, the dev evaluation of training, and the evaluation CLI.
 
     python -m glidre_jax.evaluate --workdir=runs/default --split='dev[400:]' \
-        --output=predictions.json
+        --output=predictions.json [--which latest]
 
 loads the best (or latest) checkpoint of a run, predicts the split, writes the
 official result format (a list of {title, h_idx, t_idx, r}) and prints
@@ -11,36 +11,25 @@ the one stored with the best checkpoint (see `with_selection`) unless
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import pathlib
 from collections.abc import Callable, Sequence
 
+import ml_collections
 import numpy as np
 
-from glidre_jax import metrics
+from glidre_jax import checkpointing, cli, decoding, inference, metrics, run_dir
+from glidre_jax.decoding import MIN_CANDIDATE_SCORE, Candidates, to_predictions  # noqa: F401
 from glidre_jax.data import featurize as featurize_lib
-from glidre_jax.data import windows
+from glidre_jax.data import registry
 from glidre_jax.data.documents import Document
 from glidre_jax.data.relations import RelationSchema
 
-MIN_CANDIDATE_SCORE = 0.05  # scores below this never matter for any threshold
 # eval.threshold_selection: "sweep" uses a checkpoint with the best τ of
 # eval.sweep on dev; "fixed" with eval.threshold (the paper's protocol, τ=0.5).
 THRESHOLD_SELECTIONS = ("sweep", "fixed")
-
-
-@dataclasses.dataclass
-class Candidates:
-  """Every (doc, head, tail, label) scored at least MIN_CANDIDATE_SCORE."""
-  doc: np.ndarray
-  head: np.ndarray
-  tail: np.ndarray
-  label: np.ndarray
-  score: np.ndarray
-
-  def above(self, threshold: float) -> "Candidates":
-    keep = self.score > threshold
-    return Candidates(*(getattr(self, f.name)[keep] for f in dataclasses.fields(self)))
 
 
 def score_documents(predict: Callable[[dict], np.ndarray], features: Sequence[dict],
@@ -54,22 +43,12 @@ def score_documents(predict: Callable[[dict], np.ndarray], features: Sequence[di
   apart in windows of `window` subwords); results keyed by original index.
   """
   num_labels = int(np.sum(label_batch["label_mask"]))
-  found = {k: [] for k in ("doc", "head", "tail", "label", "score")}
-  chunks = windows.plan_batches(features, buckets, batch_size, window)
-  for chunk, collate in (progress(chunks) if progress else chunks):
-    batch = collate([features[i] for i in chunk], label_batch)
-    probs = np.asarray(predict(batch))
-    for row, doc_index in enumerate(chunk):
-      f = features[doc_index]
-      n = len(f["entity_mask"])
-      valid = (f["pair_mask"].astype(bool) & f["entity_mask"].astype(bool)[:, None]
-               & f["entity_mask"].astype(bool)[None, :])
-      p = probs[row, :n, :n, :num_labels] * valid[..., None]
-      h, t, k = np.nonzero(p >= MIN_CANDIDATE_SCORE)
-      found["doc"].append(np.full(len(h), doc_index))
-      found["head"].append(h), found["tail"].append(t), found["label"].append(k)
-      found["score"].append(p[h, t, k])
-  return Candidates(**{k: (np.concatenate(v) if v else np.zeros(0)) for k, v in found.items()})
+  rows = []
+  for chunk, _, probs in inference.predict_batches(predict, features, buckets, label_batch,
+                                                   batch_size, window, progress):
+    rows += [decoding.candidates_of(probs[row], features[i], i, num_labels)
+             for row, i in enumerate(chunk)]
+  return Candidates.concatenate(rows)
 
 
 def score_split(predictor, params, rest, data, features: Sequence[dict],
@@ -81,15 +60,6 @@ def score_split(predictor, params, rest, data, features: Sequence[dict],
   return score_documents(predict, features, data.buckets, label_batch,
                          data.config.data.eval_batch_size, progress=progress,
                          window=data.config.data.max_length)
-
-
-def to_predictions(candidates: Candidates, docs: Sequence[Document],
-                   schema: RelationSchema, threshold: float) -> list[dict]:
-  """The official result format: [{title, h_idx, t_idx, r, score}]."""
-  kept = candidates.above(threshold)
-  return [{"title": docs[d].title, "h_idx": int(h), "t_idx": int(t),
-           "r": schema.ids[k], "score": round(float(s), 6)}
-          for d, h, t, k, s in zip(kept.doc, kept.head, kept.tail, kept.label, kept.score)]
 
 
 def evaluate_candidates(candidates: Candidates, docs: Sequence[Document],
@@ -154,33 +124,92 @@ def format_scores(result: dict) -> str:
   return line
 
 
-def main(argv=None):
-  import argparse
+class Evaluator:
+  """Dev-set scoring during training; documents are featurized once for the run."""
 
-  from glidre_jax import checkpointing, run_setup
+  def __init__(self, predictor: inference.Predictor, data: registry.DataSetup, docs,
+               train_facts):
+    self.predictor, self.data, self.docs, self.train_facts = predictor, data, docs, train_facts
+    self.features = data.features(docs)
+
+  def __call__(self, state) -> dict:
+    """Scores at eval.threshold, over the sweep, and at the τ the checkpoint
+    would be used with (`selected_threshold`, `selected_f1`)."""
+    cfg = self.data.config
+    candidates = score_split(self.predictor, state.params, state.rest, self.data, self.features)
+    scores = evaluate_candidates(candidates, self.docs, self.data.schema, self.train_facts,
+                                 cfg.eval.threshold, tuple(cfg.eval.sweep))
+    return with_selection(scores, cfg.eval.threshold_selection)
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  """A trained run rebuilt from its directory: config, data, weights, predictor."""
+  config: ml_collections.ConfigDict
+  data: registry.DataSetup  # evaluation view (held-out or eval-file labels)
+  params: object
+  rest: object
+  predictor: inference.Predictor
+  train_data: registry.DataSetup | None = None  # training view (default: `data`)
+
+  @property
+  def schema(self) -> RelationSchema:
+    return self.data.schema
+
+  def read_split(self, split: str) -> list[Document]:
+    return self.data.read_split(split)
+
+  def train_docs(self) -> list[Document]:
+    """The documents the run trained on (their facts define Ign F1)."""
+    return (self.train_data or self.data).train_docs()
+
+  def train_facts(self):
+    """Training facts for Ign F1, named as the training label set names them."""
+    return metrics.train_facts(self.train_docs(), (self.train_data or self.data).schema)
+
+  def score(self, docs: Sequence[Document], progress=None) -> Candidates:
+    return score_split(self.predictor, self.params, self.rest, self.data,
+                       self.data.features(docs), progress=progress)
+
+
+def load_run(workdir, which: str = "best", *, data_dir: str | None = None) -> LoadedRun:
+  """Rebuilds a `glidre_jax.train` run from `workdir` with its best/latest weights."""
+  config = run_dir.load_config(pathlib.Path(workdir))
+  if data_dir is not None:
+    config.data.data_dir = data_dir
+  config, graphdef, params, rest = run_dir.restore_weights(workdir, which, config)
+  # held-out relations, if any
+  train_data, eval_data = registry.zero_shot_split(registry.data_setup(config))
+  return LoadedRun(config, eval_data, params, rest, inference.Predictor(graphdef), train_data)
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="a run directory of glidre_jax.train")
-  parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  # --which as in glidre_jax.predict (where --checkpoint names the directory);
+  # --checkpoint best|latest is kept as its old spelling here.
+  parser.add_argument("--which", "--checkpoint", dest="which", choices=cli.WHICH,
+                      default="best", help="the run's best-on-dev or latest weights")
   parser.add_argument("--split", default=None,
                       help="split expression, e.g. 'dev[400:]' (default: the run's eval split)")
   parser.add_argument("--data_dir", default=None, help="override the run's data directory")
   parser.add_argument("--threshold", type=float, default=None,
                       help="default: the τ stored with the best checkpoint (eval.threshold "
-                           "for --checkpoint latest or runs that stored none)")
+                           "for --which latest or runs that stored none)")
   parser.add_argument("--output", default=None, help="write predictions here (JSON list)")
   args = parser.parse_args(argv)
 
-  run = run_setup.load_run(args.workdir, args.checkpoint, data_dir=args.data_dir)
+  run = load_run(args.workdir, args.which, data_dir=args.data_dir)
   split = args.split or run.config.data.eval_split
   docs = run.read_split(split)
   if args.threshold is None:
-    threshold = checkpointing.selected_threshold(args.workdir, args.checkpoint,
+    threshold = checkpointing.selected_threshold(args.workdir, args.which,
                                                  run.config.eval.threshold)
-    print(f"τ={threshold}: the run's {args.checkpoint} checkpoint's "
-          f"(eval.threshold_selection={run.config.eval.get('threshold_selection')!r})")
+    print(f"τ={threshold}: the run's {args.which} checkpoint's "
+          f"(eval.threshold_selection={run.config.eval.threshold_selection!r})")
   else:
     threshold = args.threshold
-  candidates = run.score(docs, progress=run_setup.progress_bar(f"predict {split}"))
+  candidates = run.score(docs, progress=cli.progress_bar(f"predict {split}"))
   train = run.train_facts()
   result = evaluate_candidates(candidates, docs, run.schema, train,
                                threshold, tuple(run.config.eval.sweep))

@@ -16,6 +16,8 @@ import json
 import pathlib
 import sys
 
+from glidre_jax import cli
+
 
 def read_scores(specs) -> dict:
   scores = {}
@@ -38,9 +40,7 @@ def read_scores(specs) -> dict:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--checkpoint", required=True,
-                      help="run directory, saved folder, official directory or Hub id")
-  parser.add_argument("--which", choices=("best", "latest"), default="best")
+  cli.add_checkpoint_flags(parser, "run directory, saved folder, official directory or Hub id")
   parser.add_argument("--out", default=None, help="folder to write")
   parser.add_argument("--official", action="store_true",
                       help="the official PyTorch GLiDRE layout (needs torch)")

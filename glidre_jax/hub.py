@@ -123,6 +123,7 @@ def _check_files(directory: pathlib.Path, required: Sequence, where: str) -> Non
       raise FileNotFoundError(f"{where}: no {' or '.join(names)}")
 
 
+OFFICIAL_CONFIG = "glidre_config.json"  # marks an official PyTorch GLiDRE directory
 # A GLiDRE model repository: ours (save_pretrained) or the official layout;
 # pytorch_model.bin only when an official repository has no safetensors.
 MODEL_FILES = ("*.json", "*.md", "*.txt", "*.model", "model.safetensors", "text_encoder/*",
@@ -136,7 +137,7 @@ def model_dir(name: str, *, revision: str | None = None, cache_dir=None, token=N
                  cache_dir=cache_dir, token=token)
   if is_local(name):
     return path  # its loader reports what is missing or damaged, config first
-  if (path / "glidre_config.json").is_file() and not (path / "model.safetensors").is_file():
+  if (path / OFFICIAL_CONFIG).is_file() and not (path / "model.safetensors").is_file():
     path = resolve(name, what="GLiDRE model", revision=revision,
                    patterns=MODEL_FILES + ("pytorch_model.bin",),
                    required=(ENCODER_WEIGHTS,), cache_dir=cache_dir, token=token)

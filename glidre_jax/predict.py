@@ -6,7 +6,8 @@
 --input: JSON lines (one document per line) or a JSON list; each document is
 raw text with character-offset entities ({"text", "entities"}, see
 `glidre_jax.data.inputs`), a DocRED dict or a reference GLiDRE dict.
---labels: one relation name per line (blank lines and '#' comments skipped).
+--labels: one relation name per line (blank lines and '#' comments skipped,
+no duplicates; `data.local_files.read_label_file`).
 --checkpoint: a glidre_jax.train run directory, a save_pretrained folder, an
 official GLiDRE directory, or a Hub id. Writes one JSON object per document
 and line: {"title", ["id",] "relations": [{"head", "tail", "label", "score",
@@ -25,19 +26,9 @@ import json
 import pathlib
 import sys
 
-from glidre_jax import decoding
-from glidre_jax.data import inputs
-
-
-def read_labels(path) -> list[str]:
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"label file {path} does not exist")
-  lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-  labels = [line for line in lines if line and not line.startswith("#")]
-  if not labels:
-    raise ValueError(f"label file {path}: no relation names (empty label list)")
-  return labels
+from glidre_jax import cli, decoding
+from glidre_jax.api import GLiDREPredictor
+from glidre_jax.data import inputs, local_files, readers
 
 
 def read_records(path) -> list[dict]:
@@ -45,22 +36,7 @@ def read_records(path) -> list[dict]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"input file {path} does not exist")
-  text = path.read_text(encoding="utf-8")
-  if text.lstrip().startswith("["):
-    try:
-      records = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-                       ) from None
-  else:
-    records = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-      if line.strip():
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}: invalid JSON on line {line_no} column {e.colno}: {e.msg}"
-                           ) from None
+  records = readers.json_records(path.read_text(encoding="utf-8"), path)
   if not records:
     raise ValueError(f"{path}: no documents")
   return records
@@ -92,10 +68,7 @@ def _check_option(labels, what: str, path, **option) -> None:
 
 
 def run(args) -> int:
-  from glidre_jax import run_setup
-  from glidre_jax.api import GLiDREPredictor
-
-  labels = list(decoding.check_labels(read_labels(args.labels)))
+  labels = list(decoding.check_labels(local_files.read_label_file(args.labels)))
   records = read_records(args.input)
   docs = inputs.to_documents(records)  # every input error before the model loads
   constraints = _read_json_option(args.constraints, "constraints")
@@ -115,7 +88,7 @@ def run(args) -> int:
   results = model.predict(records, labels, args.threshold, label_thresholds=label_thresholds,
                           top_k=args.top_k, drop_self_pairs=False if args.keep_self_pairs else None,
                           constraints=constraints,
-                          progress=run_setup.progress_bar("predict"))
+                          progress=cli.progress_bar("predict"))
   out = pathlib.Path(args.output)
   out.parent.mkdir(parents=True, exist_ok=True)
   with open(out, "w", encoding="utf-8") as f:
@@ -132,9 +105,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--checkpoint", required=True,
-                      help="run directory, saved folder, official GLiDRE directory or Hub id")
-  parser.add_argument("--which", choices=("best", "latest"), default="best")
+  cli.add_checkpoint_flags(parser)
   parser.add_argument("--input", required=True, help="documents (.jsonl or JSON list)")
   parser.add_argument("--labels", required=True, help="relation names, one per line")
   parser.add_argument("--output", required=True, help="JSON lines, one per document")

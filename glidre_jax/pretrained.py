@@ -18,8 +18,12 @@ import shutil
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
-from glidre_jax import hub, run_setup, weights
+import glidre_jax
+from glidre_jax import checkpointing, hub, run_dir, shipped, weights
+from glidre_jax.data import registry
+from glidre_jax.data.tokenize import resolve_encoder_dir
 
 CONFIG_FILE = "glidre_jax_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -49,7 +53,6 @@ def encoder_hub_id(name: str) -> str | None:
 
 def run_record(workdir, which: str, config) -> dict:
   """Training data and steps, and the dev scores, of a run directory."""
-  from glidre_jax import checkpointing
   workdir = pathlib.Path(workdir)
   d, t = config.data, config.train
   record = {"checkpoint": which, "steps": int(t.steps),
@@ -78,7 +81,7 @@ def _plain(scores: dict) -> dict:
 def run_labels(config) -> list[str] | None:
   """The relation names a run trained on, when its data can still be read."""
   try:
-    return list(run_setup.load_schema(config).names)
+    return list(registry.load_schema(config).names)
   except (FileNotFoundError, ValueError):
     return None
 
@@ -95,7 +98,7 @@ def save(predictor, directory, *, labels=None, training=None, scores=None,
   out.mkdir(parents=True, exist_ok=True)
   meta = _meta(predictor, labels, training, scores, license)
   for key, sub in ENCODER_DIRS.items():
-    _copy_encoder(run_setup.resolve_encoder_dir(predictor.config[key], weights=False), out / sub)
+    _copy_encoder(resolve_encoder_dir(predictor.config[key], weights=False), out / sub)
   arrays = flat_arrays(predictor.params)
   odd = sorted(k for k, v in arrays.items() if v.dtype.kind not in "fiub")
   if odd:
@@ -127,12 +130,10 @@ def save_official(predictor, directory, *, labels=None, training=None, scores=No
                   ) -> pathlib.Path:
   """The official PyTorch GLiDRE layout (converters.export_official) plus
   the model card; encoders are named by Hub id when they have one."""
-  from flax import nnx
-  from glidre_jax import shipped
   export = shipped.converters("export_official")
   config = predictor.config
   model = nnx.merge(predictor.predictor.graphdef, predictor.params, predictor.rest)
-  dirs = [run_setup.resolve_encoder_dir(config[k]) for k in ENCODER_DIRS]
+  dirs = [resolve_encoder_dir(config[k]) for k in ENCODER_DIRS]
   names = [encoder_hub_id(config[k]) for k in ENCODER_DIRS]
   try:
     out = export.export_glidre(model, directory, *dirs, text_encoder_name=names[0],
@@ -159,7 +160,6 @@ def _copy_encoder(src: pathlib.Path, dst: pathlib.Path) -> None:
 
 
 def _version() -> str:
-  import glidre_jax
   return glidre_jax.__version__
 
 
@@ -182,14 +182,13 @@ def read_meta(directory) -> dict:
 
 def load(directory):
   """(config, eval graphdef, params, rest, meta) of a saved folder."""
-  from flax import nnx
   from safetensors.numpy import load_file
   directory = pathlib.Path(directory).absolute()
   meta = read_meta(directory)
   config = ml_collections.ConfigDict(meta["config"])
   for key, sub in ENCODER_DIRS.items():
     config[key] = str(directory / sub)
-  model = run_setup.abstract_model(config)
+  model = run_dir.abstract_model(config)
   model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   path = directory / WEIGHTS_FILE

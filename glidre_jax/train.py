@@ -11,6 +11,7 @@ threshold τ they were selected at (`eval.threshold_selection`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -19,13 +20,13 @@ import sys
 import time
 
 import jax
-import numpy as np
+import ml_collections
 from absl import app, flags
 
-from glidre_jax import (checkpointing, cli_config, distributed, evaluate, metrics, run_setup,
+from glidre_jax import (checkpointing, cli, cli_config, distributed, evaluate, metrics, run_dir,
                         sharding, shipped, trainer as trainer_lib)
 from glidre_jax.data import batch as batch_lib
-from glidre_jax.data import pipeline
+from glidre_jax.data import pipeline, registry
 
 log = logging.getLogger("glidre_jax.train")
 
@@ -46,25 +47,6 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class Evaluator:
-  """Dev-set scoring; documents are featurized once for the whole run."""
-
-  def __init__(self, predictor, data: run_setup.DataSetup, docs, train_facts):
-    self.predictor, self.data, self.docs, self.train_facts = predictor, data, docs, train_facts
-    self.features = data.features(docs)
-
-  def __call__(self, state) -> dict:
-    """Scores at eval.threshold, over the sweep, and at the τ the checkpoint
-    would be used with (`selected_threshold`, `selected_f1`)."""
-    cfg = self.data.config
-    candidates = evaluate.score_split(self.predictor, state.params, state.rest, self.data,
-                                      self.features)
-    scores = evaluate.evaluate_candidates(candidates, self.docs, self.data.schema,
-                                          self.train_facts, cfg.eval.threshold,
-                                          tuple(cfg.eval.sweep))
-    return evaluate.with_selection(scores, cfg.eval.threshold_selection)
-
-
 def _eval_note(config, own_labels: bool) -> str:
   if not own_labels:
     return ""
@@ -73,18 +55,34 @@ def _eval_note(config, own_labels: bool) -> str:
   return " (the eval file's relation names)"
 
 
-def train(config, workdir: pathlib.Path) -> dict:
-  """Runs the whole training; returns the summary it prints at the end."""
-  t_start = time.time()
-  evaluate.check_selection(config.eval)  # before anything is built
-  is_main = jax.process_index() == 0
-  run_setup.save_config(config, workdir) if is_main else None
-  data, eval_data = run_setup.zero_shot_split(run_setup.data_setup(config))
-  d, tc = config.data, config.train
+@dataclasses.dataclass
+class Run:
+  """The parts of a training run, built once from its config."""
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  trainer: trainer_lib.Trainer
+  iterator: object  # the checkpointable grain iterator of training batches
+  checkpoints: checkpointing.RunCheckpoints
+  evaluator: evaluate.Evaluator
+  writer: object | None  # TensorBoard, on process 0 only
+  is_main: bool
 
+  def close(self) -> None:
+    # Saves are asynchronous: let the last one land even if the loop failed.
+    self.checkpoints.wait()
+    self.checkpoints.close()
+    if self.writer:
+      self.writer.close()
+
+
+def setup(config, workdir: pathlib.Path) -> Run:
+  """Saves the config, reads the data, builds the model, trainer and evaluator."""
+  is_main = jax.process_index() == 0
+  run_dir.save_config(config, workdir) if is_main else None
+  data, eval_data = registry.zero_shot_split(registry.data_setup(config))
+  d, tc = config.data, config.train
   train_source = data.source(d.train_split)
-  subset = pipeline.subset_indices(len(train_source), d.subset_size or None, d.subset_seed)
-  train_docs = [data.decode(train_source[int(i)]) for i in subset]
+  train_docs = data.train_docs()
   eval_docs = eval_data.read_split(d.eval_split)
   if config.eval.max_docs:
     eval_docs = eval_docs[:config.eval.max_docs]
@@ -93,7 +91,6 @@ def train(config, workdir: pathlib.Path) -> dict:
            " (open: per-batch label sets)" if data.open_labels else "", d.eval_split,
            len(eval_docs), eval_data.schema.num_labels,
            _eval_note(config, eval_data is not data))
-
   dataset = pipeline.build_dataset(
       train_source, tokenizer=data.tokenizer, label_tokenizer=data.label_tokenizer,
       label_names=data.schema.names, batch_size=d.batch_size, buckets=data.buckets,
@@ -102,91 +99,130 @@ def train(config, workdir: pathlib.Path) -> dict:
       subset_size=d.subset_size or None, subset_seed=d.subset_seed,
       pair_filter=data.pair_filter, open_labels=data.open_labels,
       window_stride=d.window_stride)
-  iterator = pipeline.make_iterator(dataset)
-
-  model = run_setup.build_model(config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  trainer = trainer_lib.Trainer(model, tc, mesh)
-  del model
-  state = trainer.initial_state
-  checkpoints = checkpointing.RunCheckpoints(workdir, tc.checkpoint_every)
-  start_step = 0
-  if tc.resume:
-    try:
-      restored = checkpoints.restore_latest(state, iterator)
-    except checkpointing.BrokenCheckpointError:
-      checkpoints.close()
-      raise
-    if restored is not None:
-      start_step, state = restored
-      log.info("resumed from step %d", start_step)
-  best = checkpoints.best_scores()  # None before the first evaluation
-  evaluator = Evaluator(trainer.predictor, eval_data, eval_docs,
-                        metrics.train_facts(train_docs, data.schema))
-  writer = _summary_writer(workdir) if is_main else None
-  losses_logged = []
+  trainer = trainer_lib.Trainer(run_dir.build_model(config), tc, mesh)
+  evaluator = evaluate.Evaluator(trainer.predictor, eval_data, eval_docs,
+                                 metrics.train_facts(train_docs, data.schema))
+  return Run(config, workdir, trainer, pipeline.make_iterator(dataset),
+             checkpointing.RunCheckpoints(workdir, tc.checkpoint_every), evaluator,
+             _summary_writer(workdir) if is_main else None, is_main)
 
-  bar = run_setup.progress_bar("train")(total=tc.steps, initial=start_step,
-                                        disable=not is_main)
-  say = bar.write if is_main else (lambda *_: None)
-  t_steps, steps_timed = time.time(), 0
+
+def restore(run: Run) -> tuple[int, trainer_lib.TrainState]:
+  """(step, state) to continue from: the latest checkpoint (train.resume) or step 0."""
+  state = run.trainer.initial_state
+  if not run.config.train.resume:
+    return 0, state
+  try:
+    restored = run.checkpoints.restore_latest(state, run.iterator)
+  except checkpointing.BrokenCheckpointError:
+    run.close()
+    raise
+  if restored is None:
+    return 0, state
+  log.info("resumed from step %d", restored[0])
+  return restored
+
+
+def train_step(run: Run, state: trainer_lib.TrainState) -> trainer_lib.TrainState:
+  """One optimizer update: train.grad_accum micro-batches (the update lands
+  on the last one)."""
+  for _ in range(run.config.train.grad_accum):
+    state = run.trainer.train_step(state, run.trainer.place(next(run.iterator)))
+  return state
+
+
+def eval_step(run: Run, state, step: int, best: dict | None, say) -> dict | None:
+  """Scores dev; saves the best checkpoint when the scores improve. Returns
+  the best scores so far."""
+  scores = run.evaluator(state)
+  say(f"step {step} dev: {evaluate.format_scores(scores)}")
+  if run.writer:
+    for key in ("f1", "ign_f1", "precision", "recall", "best_f1", "best_threshold",
+                "selected_f1", "selected_threshold"):
+      run.writer.add_scalar(f"dev/{key}", scores[key], step)
+  if not evaluate.improves(scores, best):  # by the F1 at the τ it will be used with
+    return best
+  best = {**scores, "step": step}
+  run.checkpoints.save_best(step, state.params, best)
+  return best
+
+
+class _LossLog:
+  """The train loss every train.log_every steps (fetched from the device only then)."""
+
+  def __init__(self, run: Run, bar):
+    self.run, self.bar = run, bar
+    self.t_steps, self.steps_timed, self.losses = time.time(), 0, []
+
+  def __call__(self, state, step: int):
+    logged, state = self.run.trainer.fetch_metrics(state)
+    rate = self.steps_timed / (time.time() - self.t_steps)
+    self.t_steps, self.steps_timed = time.time(), 0
+    self.losses.append((step, logged["loss"]))
+    self.bar.set_postfix(loss=f"{logged['loss']:.4f}", steps_s=f"{rate:.2f}")
+    if self.run.writer:
+      self.run.writer.add_scalar("train/loss", logged["loss"], step)
+      self.run.writer.add_scalar("train/grad_norm", logged["grad_norm"], step)
+      self.run.writer.add_scalar("train/steps_per_second", rate, step)
+    return state
+
+
+def train_and_evaluate(config, workdir: pathlib.Path) -> dict:
+  """Runs the whole training; returns the summary it prints at the end."""
+  t_start = time.time()
+  evaluate.check_selection(config.eval)  # before anything is built
+  run = setup(config, workdir)
+  start_step, state = restore(run)
+  best = run.checkpoints.best_scores()  # None before the first evaluation
+  tc = config.train
+  bar = cli.progress_bar("train")(total=tc.steps, initial=start_step, disable=not run.is_main)
+  say = bar.write if run.is_main else (lambda *_: None)
+  losses = _LossLog(run, bar)
   profiler = _StepProfiler(workdir / "profile", start_step, tc.profile_steps)
   try:
     for step in range(start_step + 1, tc.steps + 1):  # one optimizer update each
       profiler.before(step)
-      for _ in range(tc.grad_accum):  # the update lands on the last micro-step
-        state = trainer.train_step(state, trainer.place(next(iterator)))
+      state = train_step(run, state)
       if profiler.after(step, state):
         say(f"wrote a profiler trace of {tc.profile_steps} steps to {workdir / 'profile'} "
             f"(tensorboard --logdir {workdir / 'profile'})")
-      steps_timed += 1
+      losses.steps_timed += 1
       bar.update(1)
-      if step % tc.log_every == 0 or step == tc.steps:
-        logged, state = trainer.fetch_metrics(state)
-        rate = steps_timed / (time.time() - t_steps)
-        t_steps, steps_timed = time.time(), 0
-        losses_logged.append((step, logged["loss"]))
-        bar.set_postfix(loss=f"{logged['loss']:.4f}", steps_s=f"{rate:.2f}")
-        if writer:
-          writer.add_scalar("train/loss", logged["loss"], step)
-          writer.add_scalar("train/grad_norm", logged["grad_norm"], step)
-          writer.add_scalar("train/steps_per_second", rate, step)
-      if step % tc.eval_every == 0 or step == tc.steps:
-        scores = evaluator(state)
-        say(f"step {step} dev: {evaluate.format_scores(scores)}")
-        if writer:
-          for key in ("f1", "ign_f1", "precision", "recall", "best_f1", "best_threshold",
-                      "selected_f1", "selected_threshold"):
-            writer.add_scalar(f"dev/{key}", scores[key], step)
-        if evaluate.improves(scores, best):  # by the F1 at the τ it will be used with
-          best = {**scores, "step": step}
-          checkpoints.save_best(step, state.params, best)
+      last = step == tc.steps
+      if step % tc.log_every == 0 or last:
+        state = losses(state, step)
+      if step % tc.eval_every == 0 or last:
+        best = eval_step(run, state, step, best, say)
       stopping = step == tc.stop_after_step
-      if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
-        checkpoints.save_latest(step, state, iterator, force=step == tc.steps or stopping)
+      if step % tc.checkpoint_every == 0 or last or stopping:
+        run.checkpoints.save_latest(step, state, run.iterator, force=last or stopping)
       if stopping:
         say(f"stopping after step {step} (train.stop_after_step); run again to resume")
         break
   finally:
-    # Saves are asynchronous: let the last one land even if the loop failed.
     profiler.close()
     bar.close()
-    checkpoints.wait()
-    checkpoints.close()
-    if writer:
-      writer.close()
+    run.close()
+  return _summary(run, state, best, losses.losses, t_start)
+
+
+train = train_and_evaluate  # the name the benchmarks and tests call
+
+
+def _summary(run: Run, state, best, losses_logged, t_start: float) -> dict:
   summary = {
       "best_dev": best or {},  # empty when no evaluation ran (stop_after_step)
-      "steps": tc.steps,  # optimizer updates
+      "steps": run.config.train.steps,  # optimizer updates
       "micro_steps": int(jax.device_get(state.step)),
-      "train_step_compilations": trainer.num_traces,
-      "predict_compilations": trainer.predictor.num_traces,
+      "train_step_compilations": run.trainer.num_traces,
+      "predict_compilations": run.trainer.predictor.num_traces,
       "peak_rss_mb": round(peak_rss_mb(), 1),
       "wall_seconds": round(time.time() - t_start, 1),
       "logged_losses": losses_logged,
   }
-  if is_main:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+  if run.is_main:
+    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
   return summary
 
 
@@ -196,20 +232,17 @@ def abstract_batch(config, num_labels: int) -> dict:
   b = d.batch_size * jax.process_count()
   l, w, e = max(d.seq_buckets), max(d.word_buckets), max(d.entity_buckets)
   k, t = num_labels, config.model.label_max_length
-  shapes = {"input_ids": (b, l), "attention_mask": (b, l), "word_index": (b, w),
-            "word_mask": (b, w), "entity_word_weights": (b, e, w), "entity_mask": (b, e),
-            "pair_mask": (b, e, e), "labels": (b, e, e, k), "doc_mask": (b,),
-            "label_input_ids": (k, t), "label_attention_mask": (k, t), "label_mask": (k,)}
-  return {name: jax.ShapeDtypeStruct(shape, np.float32 if name == "entity_word_weights"
-                                     else np.int32) for name, shape in shapes.items()}
+  shapes = batch_lib.shapes(dict(B=b, L=l, W=w, E=e, K=k, T=t), labels=True)
+  return {name: jax.ShapeDtypeStruct(shape, batch_lib.dtype(name))
+          for name, shape in shapes.items()}
 
 
 def memory_report(config) -> str:
   """Compiles the train step for the largest bucket and reports its memory."""
   num_labels = (max(config.data.label_buckets) if config.data.open_labels
-                else run_setup.load_schema(config).num_labels)
+                else registry.load_schema(config).num_labels)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train, mesh)
+  trainer = trainer_lib.Trainer(run_dir.build_model(config), config.train, mesh)
   batch = abstract_batch(config, num_labels)
   placed = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=(
       trainer.batch_sharding if len(v.shape) and k in batch_lib.DOC_FIELDS
@@ -283,7 +316,7 @@ def main(argv):
     print(memory_report(config))
     return
   try:
-    summary = train(config, workdir)
+    summary = train_and_evaluate(config, workdir)
   except checkpointing.BrokenCheckpointError as e:  # the message says what to do
     sys.exit(f"error: {e}")
   best = summary["best_dev"]

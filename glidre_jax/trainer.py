@@ -1,4 +1,4 @@
-"""Optimizer, train state and the one jitted train step."""
+"""Optimizer, train state and the one jitted train step (inference: glidre_jax.inference)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,18 +6,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
-from glidre_jax import losses, sharding
+from glidre_jax import inference, losses, sharding
+from glidre_jax.data import pipeline
+from glidre_jax.model import params as model_params
 
 # The official optimizer groups (glidre/training_utils.py:create_optimizer):
 # every parameter under `token_rep_layer` (both encoders and their
 # projections) at lr_encoder, everything else at lr_head; no weight decay on
 # biases and LayerNorm parameters. Our parameter paths mirror the official
 # state-dict keys, so the same names decide.
-ENCODER_SCOPE, LABEL_ENCODER = "token_rep_layer", "labels_encoder"
+ENCODER_SCOPE, LABEL_ENCODER = model_params.ENCODER_SCOPE, model_params.LABEL_ENCODER_PATH[1]
 # nnx.LayerNorm's parameters are `scale` and `bias`; no other module of the
 # model has a `scale` (tests/test_optimizer.py checks it).
 NO_DECAY_LEAVES = ("bias", "scale")
@@ -128,7 +129,7 @@ class Trainer:
     self.batch_sharding = sharding.named(self.mesh, "batch")
     self._train_step_jit = jax.jit(self._train_step, donate_argnums=0,
                                    out_shardings=self.state_sharding)
-    self.predictor = Predictor(self.eval_graphdef, self.mesh)
+    self.predictor = inference.Predictor(self.eval_graphdef, self.mesh)
     self.num_traces = 0  # how often the train step was traced (compiles)
 
   def train_step(self, state: TrainState, batch: dict) -> TrainState:
@@ -139,7 +140,6 @@ class Trainer:
 
   def place(self, batch: dict) -> dict:
     """A process-local numpy batch -> global arrays on the mesh."""
-    from glidre_jax.data import pipeline
     return pipeline.to_device(batch, self.batch_sharding)
 
   def lower(self, state: TrainState, batch: dict):
@@ -179,50 +179,3 @@ class Trainer:
     # Same shardings as before, or the next train step would compile again.
     fresh = sharding.replicate(empty_metrics(), self.mesh)
     return out, dataclasses.replace(state, metrics=fresh)
-
-
-class Predictor:
-  """Jitted inference on (params, rest) of an eval-mode graph definition.
-
-  Every process passes the same numpy batch; it is replicated over the mesh
-  (pairs still split over 'model') and the probabilities come back whole.
-  """
-
-  def __init__(self, eval_graphdef, mesh: jax.sharding.Mesh | None = None):
-    self.graphdef = eval_graphdef
-    self.mesh = mesh if mesh is not None else sharding.make_mesh()
-    replicated = sharding.named(self.mesh)
-    self._label_jit = jax.jit(self._label_step, out_shardings=replicated)
-    self._predict_jit = jax.jit(self._predict_step, out_shardings=replicated)
-    self.num_traces = 0  # predict-step compilations
-
-  def label_step(self, params, rest, label_batch) -> jax.Array:
-    """Label vectors [K, D] (a replicated device array, reusable across calls)."""
-    with jax.set_mesh(self.mesh):
-      return self._label_jit(params, rest, sharding.replicate(dict(label_batch), self.mesh))
-
-  def predict_step(self, params, rest, batch, label_vectors=None) -> np.ndarray:
-    """Probabilities [B, E, E, K] of a numpy batch, as numpy."""
-    from glidre_jax.data import batch as batch_lib
-    fields = {k: batch[k] for k in batch_lib.DOC_FIELDS + batch_lib.LABEL_FIELDS if k in batch}
-    extra = {k: v for k, v in batch.items() if k not in fields and k != "meta"}
-    with jax.set_mesh(self.mesh):
-      probs = self._predict_jit(params, rest, sharding.replicate({**fields, **extra}, self.mesh),
-                                label_vectors)
-    return np.asarray(probs.addressable_data(0))
-
-  def model(self, params, rest) -> nnx.Module:
-    return nnx.merge(self.graphdef, params, rest)
-
-  def _label_step(self, params, rest, label_batch):
-    return self.model(params, rest).encode_labels(label_batch["label_input_ids"],
-                                                  label_batch["label_attention_mask"])
-
-  def _predict_step(self, params, rest, batch, label_vectors=None):
-    self.num_traces += 1  # runs at trace time only
-    output = self.model(params, rest)(batch, label_vectors)
-    if output.threshold_logits is not None:
-      # Adaptive threshold: a relation holds when its logit beats the pair's
-      # threshold logit, i.e. when this score is above 0.5.
-      return jax.nn.sigmoid(output.logits - output.threshold_logits[..., None])
-    return jax.nn.sigmoid(output.logits)

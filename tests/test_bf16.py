@@ -51,16 +51,16 @@ def test_bf16_training_run_has_fp32_master_params_and_finite_losses():
 @pytest.fixture(scope="module")
 def fp32_model():
   from configs import default
-  from glidre_jax import run_setup
+  from glidre_jax import run_dir
   config = default.get_config()
-  return run_setup.build_model(config), config
+  return run_dir.build_model(config), config
 
 
 @pytest.mark.slow
 def test_bf16_inference_through_the_api(fp32_model, tmp_path):
   """A run directory with compute_dtype="bfloat16" loads with from_pretrained
   (fp32 weights, bf16 compute) and predicts close to the fp32 model."""
-  from glidre_jax import checkpointing, run_setup
+  from glidre_jax import checkpointing, run_dir
   from glidre_jax.api import GLiDREPredictor
   model, config = fp32_model
   bf16 = config.copy_and_resolve_references()
@@ -68,7 +68,7 @@ def test_bf16_inference_through_the_api(fp32_model, tmp_path):
   for c in (config, bf16):
     c.data.max_length = 128
     c.data.seq_buckets, c.data.word_buckets, c.data.entity_buckets = (128,), (128,), (48,)
-  run_setup.save_config(bf16, tmp_path)
+  run_dir.save_config(bf16, tmp_path)
   checkpoints = checkpointing.RunCheckpoints(tmp_path, save_every=1)
   try:  # the fp32 model's weights as the run's best checkpoint
     checkpoints.save_best(0, nnx.as_pure(nnx.state(model, nnx.Param)), {"f1": 0.0})

@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 from conftest import SHARED_DATA
-from glidre_jax import run_setup
+from glidre_jax import run_dir
+from glidre_jax.data import registry
 
 VARIANTS = {"default": ("", "tiny", "zeroshot"), "redocred": ("", "accum"), "cdr": ("", "paper"),
             "pretrain": ("", "files"), "custom": ("", "open")}
@@ -15,7 +16,7 @@ VARIANTS = {"default": ("", "tiny", "zeroshot"), "redocred": ("", "accum"), "cdr
 @pytest.mark.parametrize("name,variant", [(n, v) for n, vs in VARIANTS.items() for v in vs])
 def test_config_variants_build(name, variant):
   config = importlib.import_module(f"configs.{name}").get_config(variant)
-  run_setup.model_config(config)  # the model section is a valid GLiDREConfig
+  run_dir.model_config(config)  # the model section is a valid GLiDREConfig
   assert config.train.steps > 0 and config.data.batch_size > 0
   with pytest.raises(ValueError, match="unknown config variant"):
     importlib.import_module(f"configs.{name}").get_config("no-such-variant")
@@ -28,7 +29,7 @@ def test_cdr_setup_scores_chemical_disease_pairs_only(tmp_path):
   config = cdr.get_config()
   config.data.data_dir = str(SHARED_DATA / "cdr")
   config.data.tfds_dir = str(tmp_path / "tfds")
-  data = run_setup.data_setup(config)
+  data = registry.data_setup(config)
   assert data.schema.ids == ("CID",)
   docs = data.read_split("dev[:20]")
   for doc in docs:
@@ -43,7 +44,7 @@ def test_cdr_setup_scores_chemical_disease_pairs_only(tmp_path):
     assert f["labels"].sum() == len(doc.relations)
   config.data.data_dir = None
   with pytest.raises(ValueError, match="needs data.data_dir"):
-    run_setup.data_setup(config)
+    registry.data_setup(config)
 
 
 # -- command-line overrides (the absl flag parsing of glidre_jax.train) ---------

@@ -30,7 +30,7 @@ from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data.assets import asset_path
 from glidre_jax.data.tokenize import load_tokenizer
 from glidre_jax.model.config import GLiDREConfig
-from glidre_jax.model.glidre import GLiDRE, build_glidre
+from glidre_jax.model.glidre import GLiDREModel, build_glidre
 
 TOL = 1e-4  # fp32 logits
 NUM_LABELS = 12  # label encoding dominates the cost: a subset of the 96 names
@@ -114,7 +114,7 @@ def exported(minilm_encoders, minilm_dir, tmp_path_factory):
     if variant not in cache:
       hidden, lop, pooling = variant
       text, label = minilm_encoders
-      model = GLiDRE(GLiDREConfig(hidden_size=hidden, lop=lop, pooling=pooling),
+      model = GLiDREModel(GLiDREConfig(hidden_size=hidden, lop=lop, pooling=pooling),
                      nnx.clone(text), nnx.clone(label), rngs=nnx.Rngs(hidden + lop))
       out = tmp_path_factory.mktemp("official")
       export_glidre(model, out, minilm_dir, minilm_dir)

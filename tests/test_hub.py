@@ -15,7 +15,8 @@ import pytest
 from flax import nnx
 
 from configs import default
-from glidre_jax import checkpointing, hub, pretrained, run_setup
+from glidre_jax import checkpointing, hub, pretrained, run_dir as run_dir_lib
+from glidre_jax.data import tokenize
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.encoders import load_encoder
 from glidre_jax.weights import flat_params
@@ -61,8 +62,8 @@ def run_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("run")
   config = small_config()
   config.workdir = str(path)
-  run_setup.save_config(config, path)
-  model = run_setup.build_model(config)
+  run_dir_lib.save_config(config, path)
+  model = run_dir_lib.build_model(config)
   checkpoints = checkpointing.RunCheckpoints(path, save_every=1)
   try:
     checkpoints.save_best(4, nnx.as_pure(nnx.split(model, nnx.Param, ...)[1]),
@@ -121,11 +122,11 @@ def test_config_encoders_by_hub_id(hf_home, minilm_dir, from_run):
   lay_out(hf_home / "hub", MINILM_ID, minilm_files(minilm_dir))
   by_id = small_config()
   by_id.text_encoder = by_id.label_encoder = MINILM_ID
-  model = run_setup.build_model(by_id)  # the run's model was built from 'minilm'
+  model = run_dir_lib.build_model(by_id)  # the run's model was built from 'minilm'
   built = dict(jax.tree_util.tree_leaves_with_path(nnx.as_pure(nnx.state(model, nnx.Param))))
   run = jax.tree_util.tree_leaves_with_path(from_run.params)
   assert len(built) == len(run) and all(np.array_equal(v, built[k]) for k, v in run)
-  text_tok, label_tok = run_setup.load_tokenizers(by_id)
+  text_tok, label_tok = tokenize.load_tokenizers(by_id)
   assert text_tok is label_tok and text_tok("Warsaw").input_ids == (
       from_run.tokenizer("Warsaw").input_ids)
 

@@ -9,7 +9,7 @@ from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data.tokenize import load_tokenizer, minilm_path
 from glidre_jax.encoders import load_encoder
 from glidre_jax.model.config import GLiDREConfig
-from glidre_jax.model.glidre import GLiDRE, EntityContext, RelRep, pool_entities
+from glidre_jax.model.glidre import GLiDREModel, EntityContext, RelRep, pool_entities
 
 
 def test_mean_pooling_and_entity_attention_match_loops():
@@ -74,7 +74,7 @@ def docs_and_features():
 def test_scores_do_not_depend_on_batch_or_padding(docs_and_features, cfg):
   feats, labels = docs_and_features
   feats = [dict(f, labels=f["labels"][..., :12]) for f in feats]
-  model = GLiDRE(cfg, load_encoder(minilm_path()), load_encoder(minilm_path()))
+  model = GLiDREModel(cfg, load_encoder(minilm_path()), load_encoder(minilm_path()))
   model.eval()
   big = featurize_lib.Buckets(seq_len=(512,), words=(512,), entities=(48,))
   batched = model(featurize_lib.collate(feats, big, labels, batch_size=4))
@@ -102,7 +102,7 @@ def test_chunked_pair_scoring_equals_unchunked(docs_and_features, cfg):
   feats = [dict(f, labels=f["labels"][..., :12]) for f in feats]
   batch = featurize_lib.collate(feats[:2], featurize_lib.Buckets(), labels)
   enc = load_encoder(minilm_path())
-  model = GLiDRE(cfg, enc, enc)
+  model = GLiDREModel(cfg, enc, enc)
   model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   kind = "adaptive_threshold" if cfg.adaptive_threshold else "focal"
@@ -202,7 +202,7 @@ def test_predict_step_decodes_against_the_threshold_logit(docs_and_features):
   beats the pair's threshold (ATLOP's get_label)."""
   from flax import nnx
 
-  from glidre_jax import trainer
+  from glidre_jax import inference
   from tiny_model import tiny_glidre
   feats, labels = docs_and_features
   feats = [dict(f, labels=f["labels"][..., :12]) for f in feats[:2]]
@@ -211,7 +211,7 @@ def test_predict_step_decodes_against_the_threshold_logit(docs_and_features):
   model.eval()
   out = model(batch)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  probs = trainer.Predictor(graphdef).predict_step(nnx.as_pure(params), nnx.as_pure(rest), batch)
+  probs = inference.Predictor(graphdef).predict_step(nnx.as_pure(params), nnx.as_pure(rest), batch)
   logits, th = np.asarray(out.logits), np.asarray(out.threshold_logits)
   expected = 1 / (1 + np.exp(-(logits - th[..., None])))
   np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from glidre_jax.data import windows
+from glidre_jax.data import batching, windows
 from glidre_jax.data.featurize import Buckets
 from glidre_jax.data.pipeline import build_dataset, make_iterator
 
@@ -27,7 +27,7 @@ def _shapes(batch):
 def _local_bucket(batch, docs, tok, schema, buckets, max_length, stride):
   """The shape this process's rows alone would pick (the old behaviour)."""
   index = {n: k for k, n in enumerate(schema.names)}
-  feats = [windows.featurize_long(docs[i], tok, index, max_length, stride)
+  feats = [batching.featurize_long(docs[i], tok, index, max_length, stride)
            for i in batch["meta"]["doc_index"] if i >= 0]
   if any(windows.is_windowed(f) for f in feats):
     return ("windows",) + tuple(np.max([windows.window_shape(windows.as_windowed(f))

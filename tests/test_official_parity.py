@@ -28,7 +28,7 @@ from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data.documents import Entity, Mention
 from glidre_jax.data.tokenize import tokenize_words
 from glidre_jax.model.config import GLiDREConfig
-from glidre_jax.model.glidre import GLiDRE
+from glidre_jax.model.glidre import GLiDREModel
 from glidre_jax import encoders
 
 TOL = 1e-5  # max |Δp|
@@ -72,7 +72,7 @@ def documents(dev_docs, tok):
 
 @pytest.fixture(scope="module")
 def models(minilm_dir, tok, tmp_path_factory):
-  model = GLiDRE(GLiDREConfig(hidden_size=256), encoders.load_encoder(minilm_dir),
+  model = GLiDREModel(GLiDREConfig(hidden_size=256), encoders.load_encoder(minilm_dir),
                  encoders.load_encoder(minilm_dir), rngs=nnx.Rngs(3))
   out = export_glidre(model, tmp_path_factory.mktemp("official"), minilm_dir, minilm_dir)
   config = default.get_config()

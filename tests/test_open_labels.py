@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import custom
-from glidre_jax import run_setup
+from glidre_jax import evaluate
+from glidre_jax.data import registry
 from glidre_jax.data import local_files, open_labels, readers
 from glidre_jax.data.assets import asset_path
 from glidre_jax.data.featurize import Buckets
@@ -109,7 +110,7 @@ def test_parse_split():
 
 def test_custom_config_data_setup_and_errors(tmp_path):
   config = custom.get_config()
-  data = run_setup.data_setup(config)
+  data = registry.data_setup(config)
   names = data.schema.names
   assert names == tuple(sorted(names)) and "founded by" in names and len(names) == 10
   assert len(data.source("train")) == 8 and len(data.source("train[:3]")) == 3
@@ -118,27 +119,27 @@ def test_custom_config_data_setup_and_errors(tmp_path):
   labels = tmp_path / "labels.txt"
   labels.write_text("founded by\n\nborn in\n")
   config.data.labels_file = str(labels)
-  assert run_setup.load_schema(config).names == ("founded by", "born in")
+  assert registry.load_schema(config).names == ("founded by", "born in")
   labels.write_text("born in\nborn in\n")
   with pytest.raises(ValueError, match="duplicate label 'born in'"):
-    run_setup.load_schema(config)
+    registry.load_schema(config)
   labels.write_text("\n")
   with pytest.raises(ValueError, match="holds no label names"):
-    run_setup.load_schema(config)
+    registry.load_schema(config)
   config.data.labels_file = str(tmp_path / "missing.txt")
   with pytest.raises(FileNotFoundError, match="missing.txt"):
-    run_setup.load_schema(config)
+    registry.load_schema(config)
 
   config = custom.get_config()
   config.data.train_file = None
   with pytest.raises(ValueError, match="needs data.train_file"):
-    run_setup.data_setup(config)
+    registry.data_setup(config)
   config = custom.get_config()
   config.data.eval_file = None
   with pytest.raises(ValueError, match="split 'dev': no file configured"):
-    run_setup.data_setup(config).source("dev")
+    registry.data_setup(config).source("dev")
   with pytest.raises(ValueError, match="selects no documents"):
-    run_setup.data_setup(custom.get_config()).source("train[8:]")
+    registry.data_setup(custom.get_config()).source("train[8:]")
 
 
 def test_fixed_label_set_rejects_unknown_eval_label(tmp_path, tok):
@@ -150,20 +151,20 @@ def test_fixed_label_set_rejects_unknown_eval_label(tmp_path, tok):
   path.write_text(json.dumps(doc) + "\n")
   config = custom.get_config()
   config.data.eval_file = str(path)
-  data = run_setup.data_setup(config)
+  data = registry.data_setup(config)
   with pytest.raises(ValueError, match="document '100': relation 'spouse' is not in the label"):
     data.features(data.source("dev"))
 
 
 def test_open_config_evaluates_on_the_eval_files_names():
   config = custom.get_config("open")
-  train_data, eval_data = run_setup.zero_shot_split(run_setup.data_setup(config))
+  train_data, eval_data = registry.zero_shot_split(registry.data_setup(config))
   assert train_data.open_labels == open_labels.OpenLabels((8, 16, 32, 64), True, 0)
   assert eval_data.schema.names == local_files.relation_names(
       readers.read_glidre(asset_path("examples", "custom_dev.jsonl"))) != train_data.schema.names
   config.data.held_out_relations = "founded by"
   with pytest.raises(ValueError, match="held_out_relations"):
-    run_setup.zero_shot_split(run_setup.data_setup(config))
+    registry.zero_shot_split(registry.data_setup(config))
 
 
 def test_open_label_training_end_to_end(tmp_path):
@@ -182,7 +183,7 @@ def test_open_label_training_end_to_end(tmp_path):
   # One compilation per (entity bucket, label bucket) pair reached.
   assert 1 <= summary["train_step_compilations"] <= 3
   assert summary["best_dev"]["num_gold"] == 7
-  run = run_setup.load_run(tmp_path / "run")
+  run = evaluate.load_run(tmp_path / "run")
   assert run.schema.names == local_files.relation_names(run.read_split("dev"))
   docs = run.read_split("dev")
   result = evaluate.evaluate_candidates(run.score(docs), docs, run.schema, run.train_facts(),

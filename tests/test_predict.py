@@ -9,11 +9,11 @@ import pytest
 from flax import nnx
 
 from configs import default
-from glidre_jax import checkpointing, decoding, run_setup
+from glidre_jax import checkpointing, decoding, run_dir as run_dir_lib
 from glidre_jax import predict as predict_cli
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.data import featurize as featurize_lib
-from glidre_jax.data import inputs, windows
+from glidre_jax.data import batching, inputs, windows
 from glidre_jax.model.windows import merge_windows
 
 LABELS = ["country", "place of birth", "located in"]
@@ -35,7 +35,7 @@ def small_config():
 
 @pytest.fixture(scope="module")
 def model():
-  return run_setup.build_model(small_config())
+  return run_dir_lib.build_model(small_config())
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def run_dir(model, tmp_path_factory):
   path = tmp_path_factory.mktemp("run")
   config = small_config()
   config.workdir = str(path)
-  run_setup.save_config(config, path)
+  run_dir_lib.save_config(config, path)
   checkpoints = checkpointing.RunCheckpoints(path, save_every=1)
   try:
     checkpoints.save_best(0, nnx.as_pure(nnx.split(model, nnx.Param, ...)[1]),
@@ -342,9 +342,9 @@ def test_windowed_run_predicts_in_windows(run_dir, dev_docs, tmp_path):
   import shutil
   windowed_run = tmp_path / "windowed_run"
   shutil.copytree(run_dir, windowed_run)
-  config = run_setup.load_config(windowed_run)
+  config = run_dir_lib.load_config(windowed_run)
   config.data.window_stride = 64
-  run_setup.save_config(config, windowed_run)
+  run_dir_lib.save_config(config, windowed_run)
   loaded = GLiDREPredictor.from_pretrained(windowed_run)
   assert loaded.stride == 64
   with warnings.catch_warnings():
@@ -369,8 +369,8 @@ def test_evaluation_windows_long_documents(predictor, dev_docs, schema):
   index = {name: k for k, name in enumerate(schema.names)}
   truncated = [featurize_lib.featurize(doc, tok, index, 128) for doc in docs]
   assert all(f["dropped_entities"] and f["masked_labels"] for f in truncated)
-  feats = [windows.featurize_long(doc, tok, index, 128, 64) for doc in docs]
-  fits = windows.featurize_long(docs[0], tok, index, 512, 64)  # fits: the single pass
+  feats = [batching.featurize_long(doc, tok, index, 128, 64) for doc in docs]
+  fits = batching.featurize_long(docs[0], tok, index, 512, 64)  # fits: the single pass
   plain = featurize_lib.featurize(docs[0], tok, index, 512)
   assert not windows.is_windowed(fits) and fits.keys() == plain.keys()
   for key, value in plain.items():
@@ -403,7 +403,7 @@ def test_cdr_long_documents_lose_no_mention(tok):
   lost = [featurize_lib.featurize(d, tok, index, 512)["dropped_mentions"] for d in long_docs]
   assert sum(lost) > 0
   for doc in long_docs:
-    f = windows.featurize_long(doc, tok, index, 512, 256,
+    f = batching.featurize_long(doc, tok, index, 512, 256,
                                pair_filter=featurize_lib.cdr_pair_filter)
     assert f["input_ids"].shape[1] == 512 and f["dropped_mentions"] == 0
     assert f["entity_mask"].all() and f["window_word_mask"].any(0).all()

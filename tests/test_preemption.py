@@ -167,19 +167,19 @@ def _cut_short(path: pathlib.Path) -> None:
 
 def test_damaged_run_config_is_an_error_naming_it(tmp_path):
   from configs import default
-  from glidre_jax import GLiDRE, run_setup
-  run_setup.save_config(default.get_config(), tmp_path)
-  assert run_setup.load_config(tmp_path).data.batch_size == default.get_config().data.batch_size
+  from glidre_jax import GLiDRE, run_dir
+  run_dir.save_config(default.get_config(), tmp_path)
+  assert run_dir.load_config(tmp_path).data.batch_size == default.get_config().data.batch_size
   assert sorted(os.listdir(tmp_path)) == ["config.json"]  # written via a renamed temporary
   _cut_short(tmp_path / "config.json")
-  for load in (run_setup.load_config, GLiDRE.from_pretrained):
+  for load in (run_dir.load_config, GLiDRE.from_pretrained):
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "config.json"))
                        + r": the run's config is not valid JSON .*rerun the training command"):
       load(tmp_path)
   (tmp_path / "config.json").write_text('{"data": {}}')
   with pytest.raises(ValueError, match=r"not a glidre_jax.train run config \(missing "
                                        r"text_encoder, label_encoder, model, train\)"):
-    run_setup.load_config(tmp_path)
+    run_dir.load_config(tmp_path)
 
 
 def test_damaged_official_config_is_an_error_naming_it(tmp_path):

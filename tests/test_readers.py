@@ -10,8 +10,8 @@ import pytest
 
 from glidre_jax.data.assets import asset_path
 from glidre_jax.data.documents import Document, Entity, Mention, Relation
-from glidre_jax.data.readers import (DataError, normalize_cdr, read_docred, read_glidre,
-                                     to_docred_dict, to_glidre_dict, write_docred, write_glidre)
+from glidre_jax.data.readers import DataError, normalize_cdr, read_docred, read_glidre
+from glidre_jax.data.writers import to_docred_dict, to_glidre_dict, write_docred, write_glidre
 from glidre_jax.data.relations import RelationSchema, UnknownRelationError
 
 from conftest import SHARED_DATA as SHARED

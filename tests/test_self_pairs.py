@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from configs import default
-from glidre_jax import evaluate, losses, run_setup, trainer
+from glidre_jax import evaluate, inference, losses, run_dir
+from glidre_jax.data import registry
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data import pipeline
@@ -29,8 +30,8 @@ def config(self_pairs: bool):
   return c
 
 
-def data_setup(self_pairs, tok, schema) -> run_setup.DataSetup:
-  return run_setup.DataSetup(config(self_pairs), schema, tok, tok, builder=None, decode=None)
+def data_setup(self_pairs, tok, schema) -> registry.DataSetup:
+  return registry.DataSetup(config(self_pairs), schema, tok, tok, builder=None, decode=None)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +41,14 @@ def docs(dev_docs):
 
 @pytest.fixture(scope="module")
 def model():
-  m = tiny_glidre(run_setup.model_config(config(False)), seed=3)
+  m = tiny_glidre(run_dir.model_config(config(False)), seed=3)
   m.eval()
   return m
 
 
 def test_default_config_leaves_self_pairs_out():
   assert default.get_config().model.self_pairs is False
-  assert run_setup.model_config(default.get_config()).self_pairs is False
+  assert run_dir.model_config(default.get_config()).self_pairs is False
 
 
 @pytest.mark.parametrize("self_pairs", [False, True])
@@ -90,7 +91,7 @@ def test_evaluate_follows_the_rule(self_pairs, model, docs, tok, schema):
   to_predictions): no (e, e) prediction when off, some from a random model when on."""
   data = data_setup(self_pairs, tok, schema)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  predictor = trainer.Predictor(graphdef)
+  predictor = inference.Predictor(graphdef)
   params, rest = nnx.as_pure(params), nnx.as_pure(rest)
   predict = lambda batch: predictor.predict_step(params, rest, batch)
   candidates = evaluate.score_documents(predict, data.features(docs), data.buckets,

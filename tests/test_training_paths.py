@@ -18,9 +18,10 @@ import pytest
 from flax import nnx
 
 from configs import default
-from glidre_jax import encoders, run_setup, trainer as trainer_lib
+from glidre_jax import encoders, run_dir, trainer as trainer_lib
+from glidre_jax.data import registry
 from glidre_jax.data import pipeline
-from glidre_jax.model.glidre import GLiDRE
+from glidre_jax.model.glidre import GLiDREModel
 from tiny_model import tiny_bert
 
 # A covering set, not the product: every option in at least one case (the
@@ -66,7 +67,7 @@ def short_docs(dev_docs):
 
 def first_batch(config, docs, tok, schema) -> dict:
   """Batch 0 of the training dataset, built as glidre_jax.train builds it."""
-  data = run_setup.DataSetup(config, schema, tok, tok, builder=None, decode=None)
+  data = registry.DataSetup(config, schema, tok, tok, builder=None, decode=None)
   d = config.data
   dataset = pipeline.build_dataset(
       docs, tokenizer=tok, label_names=schema.names, batch_size=d.batch_size,
@@ -79,7 +80,7 @@ def first_batch(config, docs, tok, schema) -> dict:
 
 def make_trainer(config, tiny_encoders) -> trainer_lib.Trainer:
   text, label = (nnx.clone(m) for m in tiny_encoders)
-  model = GLiDRE(run_setup.model_config(config), text, label, rngs=nnx.Rngs(config.seed))
+  model = GLiDREModel(run_dir.model_config(config), text, label, rngs=nnx.Rngs(config.seed))
   return trainer_lib.Trainer(model, config.train)
 
 

@@ -2,34 +2,34 @@
 import pytest
 
 from configs import default
-from glidre_jax import run_setup
+from glidre_jax.data import registry
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   config = default.get_config()
   config.data.tfds_dir = str(tmp_path_factory.mktemp("tfds"))
-  return run_setup.data_setup(config)
+  return registry.data_setup(config)
 
 
 def test_held_out_relations_explicit_random_and_unknown(data):
   config = data.config
   config.data.held_out_relations = "P17, P131"
-  assert run_setup.held_out_relations(config, data.schema) == ("P17", "P131")
+  assert registry.held_out_relations(config, data.schema) == ("P17", "P131")
   config.data.held_out_relations = "random:24"
-  first = run_setup.held_out_relations(config, data.schema)
-  assert len(first) == 24 and first == run_setup.held_out_relations(config, data.schema)
+  first = registry.held_out_relations(config, data.schema)
+  assert len(first) == 24 and first == registry.held_out_relations(config, data.schema)
   config.data.held_out_relations = "P17,P9999"
   with pytest.raises(KeyError, match="P9999"):
-    run_setup.held_out_relations(config, data.schema)
+    registry.held_out_relations(config, data.schema)
   config.data.held_out_relations = ""
-  assert run_setup.zero_shot_split(data) == (data, data)
+  assert registry.zero_shot_split(data) == (data, data)
 
 
 def test_split_separates_labels_and_facts(data):
   data.config.data.held_out_relations = "random:24"
   try:
-    seen, unseen = run_setup.zero_shot_split(data)
+    seen, unseen = registry.zero_shot_split(data)
   finally:
     data.config.data.held_out_relations = ""
   assert seen.schema.num_labels == 72 and unseen.schema.num_labels == 24

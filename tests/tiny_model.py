@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from glidre_jax.encoders.bert.modeling import BertConfig
 from glidre_jax.model.config import GLiDREConfig
-from glidre_jax.model.glidre import GLiDRE, build_glidre
+from glidre_jax.model.glidre import GLiDREModel, build_glidre
 
 
 def tiny_bert(hidden: int = 32, dropout: float = 0.0) -> BertConfig:
@@ -17,6 +17,6 @@ def tiny_bert(hidden: int = 32, dropout: float = 0.0) -> BertConfig:
 
 
 def tiny_glidre(cfg: GLiDREConfig, *, seed: int = 0, text_hidden: int = 32,
-                label_hidden: int = 32) -> GLiDRE:
+                label_hidden: int = 32) -> GLiDREModel:
   """A random GLiDRE on tiny encoders (projections when widths differ from D)."""
   return build_glidre(cfg, tiny_bert(text_hidden), tiny_bert(label_hidden), seed=seed)

@@ -17,7 +17,7 @@ import pathlib
 import jax
 import numpy as np
 
-from glidre_jax import shipped, run_setup, sharding, trainer as trainer_lib
+from glidre_jax import run_dir, sharding, shipped, trainer as trainer_lib
 from glidre_jax.bench import common
 from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data import assets
@@ -49,7 +49,7 @@ def measure(num_entities: int, chunk: int, train: bool, repeats: int) -> dict:
   schema = RelationSchema.from_file(assets.asset_path("docred", "rel_info.json"))
   labels = label_batch(load_tokenizer(minilm_path()), list(schema.names))
   batch = synthetic_batch(num_entities, 512, np.random.default_rng(num_entities), labels)
-  trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train,
+  trainer = trainer_lib.Trainer(run_dir.build_model(config), config.train,
                                 sharding.make_mesh(1, 1, jax.devices()[:1]))
   state = trainer.initial_state
   if train:

@@ -36,7 +36,7 @@ import shutil
 import jax
 import numpy as np
 
-from glidre_jax import shipped, evaluate, metrics, run_setup, train as train_lib
+from glidre_jax import evaluate, metrics, shipped, train as train_lib
 from glidre_jax.bench import common
 from glidre_jax.data import readers
 
@@ -58,7 +58,7 @@ def run_config(args, n: int, seed: int):
   """configs/default.py (+ variant and --set overrides) for one (N, seed) run."""
   c = common.apply_overrides(
       shipped.config_module("default").get_config(args.config_variant), args.set)
-  if c.data.get("held_out_relations"):
+  if c.data.held_out_relations:
     raise ValueError("few_shot scores all relations; data.held_out_relations must be empty")
   c.data.subset_size, c.data.subset_seed = n, seed
   quick = getattr(args, "quick", False)
@@ -85,7 +85,7 @@ def train_or_reuse(config, workdir: pathlib.Path, fresh: bool) -> dict:
 def score_test_file(workdir: pathlib.Path, path: str, best: dict, max_docs: int) -> dict:
   """The best checkpoint on a DocRED-format file, at the dev-selected τ and at
   the fixed τ; Ign F1 against the run's own training documents."""
-  run = run_setup.load_run(workdir)
+  run = evaluate.load_run(workdir)
   docs = readers.read_docred(path, run.schema)[:max_docs or None]
   candidates = run.score(docs)
   train = metrics.train_facts(run.train_docs(), run.schema)

@@ -19,7 +19,8 @@ import json
 import pathlib
 import time
 
-from glidre_jax import shipped, run_setup
+from glidre_jax import run_dir, shipped
+from glidre_jax.data import registry
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.bench import common
 from glidre_jax.data import assets
@@ -35,7 +36,7 @@ def load_model(checkpoint: str | None) -> GLiDREPredictor:
   if checkpoint:
     return GLiDREPredictor.from_pretrained(checkpoint)
   config = shipped.config_module("default").get_config()
-  return GLiDREPredictor.from_model(run_setup.build_model(config), config)
+  return GLiDREPredictor.from_model(run_dir.build_model(config), config)
 
 
 def timed_predict(model: GLiDREPredictor, docs, labels, batch_size: int, cache: bool) -> float:
@@ -57,7 +58,7 @@ def main(argv=None):
   model = load_model(args.checkpoint)
   raw = json.loads(assets.asset_path("redocred", "dev_revised.json").read_text())
   docs = raw[:64 if args.quick else args.docs]
-  labels = list(run_setup.load_schema(shipped.config_module("default").get_config()).names)
+  labels = list(registry.load_schema(shipped.config_module("default").get_config()).names)
   rows = []
   for batch_size in common.parse_ints(args.batch_sizes):
     model.predict(docs, labels, batch_size=batch_size)  # compiles every shape reached

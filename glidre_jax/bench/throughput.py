@@ -31,7 +31,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from glidre_jax import shipped, run_setup, sharding, trainer as trainer_lib
+from glidre_jax import run_dir, sharding, shipped, trainer as trainer_lib
+from glidre_jax.data import registry
 from glidre_jax.bench import common
 from glidre_jax.data.featurize import collate, feature_shape
 from glidre_jax.train import peak_rss_mb
@@ -45,7 +46,7 @@ COLUMNS = [("B", "batch_size", "d"), ("step s", "train_step_s", ".3f"),
            ("load", "load_avg_1m", ".1f")]
 
 
-def bench_features(data: run_setup.DataSetup, split: str, bucket: tuple | None):
+def bench_features(data: registry.DataSetup, split: str, bucket: tuple | None):
   """Featurized documents of `split` whose bucket is `bucket` (default: the
   most common one), that bucket, and the count of documents per bucket."""
   feats = data.features(data.read_split(split))
@@ -160,14 +161,14 @@ def main(argv=None):
   passes = args.passes or (1 if args.quick else 3)
 
   config = common.apply_overrides(shipped.config_module("default").get_config(), args.set)
-  data = run_setup.data_setup(config)
+  data = registry.data_setup(config)
   split = args.split or config.data.train_split
   feats, bucket, counts = bench_features(
       data, split, common.parse_ints(args.bucket) if args.bucket else None)
   print(f"{split}: {sum(counts.values())} documents, buckets (L, W, E) hit: "
         f"{dict(counts.most_common())}; benchmarking the {len(feats)} in {bucket}", flush=True)
   labels = data.label_batch()
-  trainer = trainer_lib.Trainer(run_setup.build_model(config), config.train,
+  trainer = trainer_lib.Trainer(run_dir.build_model(config), config.train,
                                 sharding.make_mesh(1, 1, jax.devices()[:1]))
   state = trainer.initial_state
   rows = []

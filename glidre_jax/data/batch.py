@@ -23,6 +23,10 @@ Label side (shared by the batch):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
 DOC_FIELDS = ("input_ids", "attention_mask", "word_index", "word_mask",
               "entity_word_weights", "entity_mask", "pair_mask", "labels",
               "doc_mask")
@@ -30,3 +34,32 @@ LABEL_FIELDS = ("label_input_ids", "label_attention_mask", "label_mask")
 # Long documents in windows (data/windows.py): input_ids, attention_mask and
 # word_index gain a window axis N, and this field says which words each holds.
 WINDOW_FIELDS = ("window_word_mask",)
+
+# The axes of each field, one letter a dimension (as in the table above);
+# windowed batches (data/windows.py) put a window axis N after B.
+AXES = {"input_ids": "BL", "attention_mask": "BL", "word_index": "BW", "word_mask": "BW",
+        "entity_word_weights": "BEW", "entity_mask": "BE", "pair_mask": "BEE",
+        "labels": "BEEK", "doc_mask": "B",
+        "label_input_ids": "KT", "label_attention_mask": "KT", "label_mask": "K"}
+WINDOWED_AXES = {**AXES, "input_ids": "BNL", "attention_mask": "BNL", "word_index": "BNW",
+                 "window_word_mask": "BNW"}
+FLOAT_FIELDS = ("entity_word_weights",)  # every other field is int32
+
+
+def dtype(name: str) -> type:
+  return np.float32 if name in FLOAT_FIELDS else np.int32
+
+
+def shapes(sizes: Mapping[str, int], *, windowed: bool = False, labels: bool = False
+           ) -> dict[str, tuple[int, ...]]:
+  """Field -> shape for the axis sizes `sizes` ({"B": 4, "L": 512, ...});
+  document fields, and the label fields too when `labels`."""
+  axes = WINDOWED_AXES if windowed else AXES
+  names = DOC_FIELDS + (WINDOW_FIELDS if windowed else ()) + (LABEL_FIELDS if labels else ())
+  return {name: tuple(int(sizes[a]) for a in axes[name]) for name in names}
+
+
+def zeros(sizes: Mapping[str, int], *, windowed: bool = False) -> dict[str, np.ndarray]:
+  """The document fields of an all-padding batch (see `shapes`)."""
+  return {name: np.zeros(shape, dtype(name))
+          for name, shape in shapes(sizes, windowed=windowed).items()}

@@ -14,6 +14,7 @@ import numpy as np
 
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data.documents import Document
+from glidre_jax.data.readers import CDR_ORIENTATION
 from glidre_jax.data.tokenize import encode_labels, tokenize_words
 
 # Features copied into the padded batch arrays (each must fit its bucket).
@@ -36,6 +37,12 @@ class Buckets:
       if not v or any(x <= 0 for x in v):
         raise ValueError(f"Buckets.{f.name} needs positive sizes, got {v}")
       object.__setattr__(self, f.name, tuple(sorted(set(v))))
+
+  @classmethod
+  def from_config(cls, data_cfg) -> Buckets:
+    """A run config's buckets (data.seq_buckets, word_buckets, entity_buckets)."""
+    return cls(tuple(data_cfg.seq_buckets), tuple(data_cfg.word_buckets),
+               tuple(data_cfg.entity_buckets))
 
   @property
   def num_combinations(self) -> int:
@@ -86,7 +93,7 @@ def type_pair_filter(allowed: Sequence[tuple[str, str]]) -> PairFilter:
 
 
 # CDR scores chemical -> disease only (after readers.normalize_cdr).
-cdr_pair_filter = type_pair_filter([("CHEM", "DISE")])
+cdr_pair_filter = type_pair_filter([CDR_ORIENTATION])
 
 
 def without_self_pairs(pair_filter: PairFilter | None = None) -> PairFilter:
@@ -227,17 +234,7 @@ def collate(features: Sequence[Mapping | None], buckets: Buckets,
   seq, words, ents = shape
   k = int(np.shape(label_batch["label_mask"])[0])
 
-  out = {
-      "input_ids": np.zeros((b, seq), np.int32),
-      "attention_mask": np.zeros((b, seq), np.int32),
-      "word_index": np.zeros((b, words), np.int32),
-      "word_mask": np.zeros((b, words), np.int32),
-      "entity_word_weights": np.zeros((b, ents, words), np.float32),
-      "entity_mask": np.zeros((b, ents), np.int32),
-      "pair_mask": np.zeros((b, ents, ents), np.int32),
-      "labels": np.zeros((b, ents, ents, k), np.int32),
-      "doc_mask": np.zeros((b,), np.int32),
-  }
+  out = batch_lib.zeros(dict(B=b, L=seq, W=words, E=ents, K=k))
   put_label_fields(out, label_batch)
   for i, f in enumerate(features):  # per document of the batch, host side
     if f is None:

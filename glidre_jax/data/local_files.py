@@ -60,14 +60,16 @@ def relation_names(docs: Iterable[Document]) -> tuple[str, ...]:
 
 
 def read_label_file(path: str | os.PathLike) -> tuple[str, ...]:
-  """One relation name per line (blank lines skipped); duplicates are an error."""
+  """One relation name per line (blank lines and '#' comments skipped);
+  duplicates are an error. The one reader of label files (data.labels_file,
+  the predict CLI's --labels)."""
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not os.path.isfile(path):
     raise FileNotFoundError(f"label file {path} does not exist")
   with open(path, encoding="utf-8") as f:
-    names = [line.strip() for line in f if line.strip()]
+    names = [line.strip() for line in f if line.strip() and not line.strip().startswith("#")]
   if not names:
-    raise ValueError(f"label file {path} holds no label names")
+    raise ValueError(f"label file {path} holds no label names (empty label list)")
   seen = set()
   for name in names:
     if name in seen:

@@ -20,7 +20,7 @@ import numpy as np
 
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import open_labels as open_labels_lib
-from glidre_jax.data import windows
+from glidre_jax.data import batching, windows
 from glidre_jax.data.documents import Document
 from glidre_jax.data.featurize import (Buckets, PairFilter, batch_stats, collate, feature_shape,
                                        featurize, label_batch)
@@ -196,7 +196,7 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     own = open_labels_lib.document_label_names(doc.relations) if open_labels else None
     columns = label_index if own is None else {name: k for k, name in enumerate(own)}
     if window_stride:
-      feat = windows.featurize_long(doc, tokenizer, columns, max_length, window_stride,
+      feat = batching.featurize_long(doc, tokenizer, columns, max_length, window_stride,
                                     pair_filter=pair_filter)
     else:
       feat = featurize(doc, tokenizer, columns, max_length, pair_filter=pair_filter)

@@ -7,7 +7,6 @@ end-exclusive, relation labels are lowercased names (through a
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import json
 import os
@@ -64,9 +63,37 @@ def _get(obj: dict, key: str, kind: str, where: _Where, prefix: str = ""):
   return _check(obj[key], kind, where, field)
 
 
+def _get_items(obj: dict, key: str, where: _Where, what: str) -> list:
+  """A non-empty list at `key` (a document needs at least one `what`)."""
+  items = _get(obj, key, "list", where)
+  if not items:
+    raise where.error(key, f"empty: a document needs at least one {what}")
+  return items
+
+
 def _short(value) -> str:
   text = repr(value)
   return text if len(text) <= 40 else text[:37] + "..."
+
+
+def json_records(text: str, path) -> list:
+  """The values of a JSON list, or of JSON lines (blank lines skipped), in
+  `text` read from `path` (named in every error)."""
+  if text.lstrip().startswith("["):
+    try:
+      return json.loads(text)
+    except json.JSONDecodeError as e:
+      raise DataError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}",
+                      path=os.fspath(path)) from e
+  records = []
+  for line_no, line in enumerate(text.splitlines(), 1):
+    if line.strip():
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON on line {line_no} column {e.colno}: {e.msg}",
+                        path=os.fspath(path)) from e
+  return records
 
 
 def _load_json(path: str):
@@ -174,9 +201,7 @@ def _docred_doc(raw, where: _Where, schema: RelationSchema, drop: frozenset[str]
                 strict: bool) -> tuple[Document, int]:
   _check(raw, "dict", where, None)
   where.title = _get(raw, "title", "str", where)
-  sents = _get(raw, "sents", "list", where)
-  if not sents:
-    raise where.error("sents", "empty: a document needs at least one sentence")
+  sents = _get_items(raw, "sents", where, "sentence")
   for k, sent in enumerate(sents):
     _check(sent, "list", where, f"sents[{k}]")
     if not sent:
@@ -186,9 +211,7 @@ def _docred_doc(raw, where: _Where, schema: RelationSchema, drop: frozenset[str]
   for sent in sents[:-1]:
     starts.append(starts[-1] + len(sent))
 
-  vertex_set = _get(raw, "vertexSet", "list", where)
-  if not vertex_set:
-    raise where.error("vertexSet", "empty: a document needs at least one entity")
+  vertex_set = _get_items(raw, "vertexSet", where, "entity")
   entities = []
   for e, ent in enumerate(vertex_set):
     field = f"vertexSet[{e}]"
@@ -247,50 +270,6 @@ def _docred_doc(raw, where: _Where, schema: RelationSchema, drop: frozenset[str]
   return doc, n_dups
 
 
-def _sentence_of(doc: Document, mention: Mention) -> int:
-  """Sentence holding a mention read from a sentence-less format (sent_id -1)."""
-  return bisect.bisect_right(doc.sent_starts, mention.start) - 1
-
-
-def to_docred_dict(doc: Document, schema: RelationSchema) -> dict:
-  """Document -> DocRED dict (`pos` back to sentence offsets, names back to ids)."""
-  starts = doc.sent_starts
-  vertex_set = []
-  for e, ent in enumerate(doc.entities):
-    mentions = []
-    for m in ent.mentions:
-      sid = m.sent_id if m.sent_id >= 0 else _sentence_of(doc, m)
-      s0 = starts[sid]
-      if not s0 <= m.start < m.end <= s0 + len(doc.sents[sid]):
-        raise ValueError(f"document {doc.title!r}: entity {e} mention {m} does not lie inside "
-                         f"sentence {sid}; DocRED positions are per sentence")
-      mentions.append({"name": m.name, "sent_id": sid, "pos": [m.start - s0, m.end - s0],
-                       "type": ent.type})
-    vertex_set.append(mentions)
-  labels = []
-  for rel in doc.relations:
-    try:
-      rid = schema.id(rel.label)
-    except UnknownRelationError as err:
-      raise ValueError(f"document {doc.title!r}: {err}") from None
-    labels.append({"h": rel.head, "t": rel.tail, "r": rid, "evidence": list(rel.evidence)})
-  return {"title": doc.title, "sents": [list(s) for s in doc.sents],
-          "vertexSet": vertex_set, "labels": labels}
-
-
-def write_docred(docs: Iterable[Document], path: str | os.PathLike,
-                 schema: RelationSchema) -> None:
-  """Write a DocRED-format JSON list."""
-  _write_json([to_docred_dict(d, schema) for d in docs], path)
-
-
-def _write_json(obj, path: str | os.PathLike):
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(obj, f, ensure_ascii=False)
-
-
 # -- reference GLiDRE format -------------------------------------------------
 
 
@@ -309,17 +288,7 @@ def read_glidre(path: str | os.PathLike, *, strict: bool = True) -> list[Documen
   body = text.lstrip()
   if not body:
     raise DataError("empty file (expected a JSON list or JSON lines)", path=path)
-  if body.startswith("["):
-    data = _load_json(path)
-  else:
-    data = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-      if line.strip():
-        try:
-          data.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise DataError(f"invalid JSON on line {line_no} column {e.colno}: {e.msg}",
-                          path=path) from e
+  data = json_records(text, path)
   if not isinstance(data, list):
     raise DataError(f"top level must be a JSON list of documents, got {type(data).__name__}",
                     path=path)
@@ -346,13 +315,9 @@ def _glidre_doc(raw, where: _Where, strict: bool) -> tuple[Document, int]:
   if not isinstance(raw["id"], (int, str)) or isinstance(raw["id"], bool):
     raise where.error("id", f"expected an int or string, got {_short(raw['id'])}")
   where.title = str(raw["id"])
-  words = _get(raw, "tokenized_text", "list", where)
-  if not words:
-    raise where.error("tokenized_text", "empty: a document needs at least one word")
+  words = _get_items(raw, "tokenized_text", where, "word")
   _check_words(words, where, "tokenized_text")
-  raw_ents = _get(raw, "mentions", "list", where)
-  if not raw_ents:
-    raise where.error("mentions", "empty: a document needs at least one entity")
+  raw_ents = _get_items(raw, "mentions", where, "entity")
   entities = []
   for k, ent in enumerate(raw_ents):
     field = f"mentions[{k}]"
@@ -398,41 +363,15 @@ def _glidre_doc(raw, where: _Where, strict: bool) -> tuple[Document, int]:
   return Document(where.title, (tuple(words),), tuple(entities), rels), n_dups
 
 
-def to_glidre_dict(doc: Document, id: int | str) -> dict:  # noqa: A002 (the format's key)
-  """Document -> reference GLiDRE dict (mention end inclusive, one word list)."""
-  mentions = [{"id": k, "type": ent.type,
-               "mentions": [{"value": m.name, "start": m.start, "end": m.end - 1}
-                            for m in ent.mentions]}
-              for k, ent in enumerate(doc.entities)]
-  return {"id": id, "tokenized_text": list(doc.words), "mentions": mentions,
-          "relations": [[r.head, r.label, r.tail] for r in doc.relations]}
-
-
-def write_glidre(docs: Sequence[Document], path: str | os.PathLike, *,
-                 ids: Sequence[int | str] | None = None) -> None:
-  """Write the GLiDRE format; JSON lines when the path ends in .jsonl.
-
-  `ids` defaults to positions 0..N-1 (what the reference converter writes).
-  """
-  docs = list(docs)
-  ids = list(range(len(docs))) if ids is None else list(ids)
-  if len(ids) != len(docs):
-    raise ValueError(f"{len(ids)} ids for {len(docs)} documents")
-  records = [to_glidre_dict(d, i) for d, i in zip(docs, ids)]
-  if os.fspath(path).endswith(".jsonl"):
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-      for rec in records:
-        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-  else:
-    _write_json(records, path)
-
-
 # -- CDR ---------------------------------------------------------------------
 
+# CDR's relations are oriented chemical -> disease, and only such pairs are
+# candidates (data/featurize.py's cdr_pair_filter).
+CDR_ORIENTATION = ("CHEM", "DISE")
 
-def normalize_cdr(docs: Iterable[Document], *, chemical: str = "CHEM",
-                  disease: str = "DISE") -> list[Document]:
+
+def normalize_cdr(docs: Iterable[Document], *, chemical: str = CDR_ORIENTATION[0],
+                  disease: str = CDR_ORIENTATION[1]) -> list[Document]:
   """Orient every relation chemical -> disease (CDR files mix both directions).
 
   A relation between two entities that are not one chemical and one disease

@@ -187,9 +187,8 @@ def decode_docred_record(record: Mapping, schema: RelationSchema, *,
   index = int(record["index"]) if "index" in record else None
   # readers validates and converts one DocRED dict here; the path-level
   # read_docred is this function applied to every element of a file.
-  where = readers._Where(None, index)  # noqa: SLF001 (same package)
-  doc, _ = readers._docred_doc(raw, where, schema, frozenset(drop_relations), strict)  # noqa: SLF001
-  return doc
+  return readers.docred_document(raw, schema, index=index, drop_relations=drop_relations,
+                                 strict=strict)
 
 
 def redocred_schema() -> RelationSchema:

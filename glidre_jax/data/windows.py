@@ -16,14 +16,15 @@ The other document fields keep their single-pass meaning over all words.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data.documents import Document
 
-_NO_LIMIT = 1 << 62  # max_length that never truncates
+NO_LIMIT = 1 << 62  # max_length that never truncates
 
 
 def special_layout(tokenizer) -> tuple[int, int]:
@@ -37,12 +38,12 @@ def featurize_windows(doc: Document, tokenizer, window: int, stride: int, *,
                       label_index: Mapping[str, int] | None = None, pair_filter=None
                       ) -> dict[str, np.ndarray]:
   """`featurize_lib.featurize` over all words, with the subwords in windows."""
-  return _cut_into_windows(featurize_lib.featurize(doc, tokenizer, label_index or {}, _NO_LIMIT,
+  return cut_into_windows(featurize_lib.featurize(doc, tokenizer, label_index or {}, NO_LIMIT,
                                                    pair_filter=pair_filter),
                            tokenizer, window, stride)
 
 
-def _cut_into_windows(feat: dict, tokenizer, window: int, stride: int) -> dict:
+def cut_into_windows(feat: dict, tokenizer, window: int, stride: int) -> dict:
   """Untruncated features -> the same with input_ids etc. in windows (in place)."""
   n_head, n_tail = special_layout(tokenizer)
   size = window - n_head - n_tail  # subwords of the document per window
@@ -120,62 +121,8 @@ def collate_windows(features: Sequence[Mapping | None], buckets: featurize_lib.B
       1, int(need_w), int(need_e))
   k = int(np.shape(label_batch["label_mask"])[0])
   b = batch_size
-  out = {
-      "input_ids": np.zeros((b, n, window), np.int32),
-      "attention_mask": np.zeros((b, n, window), np.int32),
-      "word_index": np.zeros((b, n, w), np.int32),
-      "window_word_mask": np.zeros((b, n, w), np.int32),
-      "word_mask": np.zeros((b, w), np.int32),
-      "entity_word_weights": np.zeros((b, e, w), np.float32),
-      "entity_mask": np.zeros((b, e), np.int32),
-      "pair_mask": np.zeros((b, e, e), np.int32),
-      "labels": np.zeros((b, e, e, k), np.int32),
-      "doc_mask": np.zeros((b,), np.int32),
-  }
+  out = batch_lib.zeros(dict(B=b, N=n, L=window, W=w, E=e, K=k), windowed=True)
   for i, f in enumerate(features):  # per document of the batch, host side
     if f is not None:
       featurize_lib.place_document(out, i, f, _WINDOWED, num_words=f["window_word_mask"].shape[1])
   return featurize_lib.put_label_fields(out, label_batch)
-
-
-
-Collate = Callable[[Sequence[Mapping], Mapping[str, np.ndarray]], dict]
-
-
-def featurize_long(doc: Document, tokenizer, label_index: Mapping[str, int], max_length: int,
-                   stride: int, *, pair_filter=None) -> dict[str, np.ndarray]:
-  """Single-pass features, or windowed ones (stride > 0) when the document is
-  longer than max_length subwords, so that no word is truncated away. The
-  document is tokenized once either way."""
-  if not stride:
-    return featurize_lib.featurize(doc, tokenizer, label_index, max_length,
-                                   pair_filter=pair_filter)
-  feat = featurize_lib.featurize(doc, tokenizer, label_index, _NO_LIMIT, pair_filter=pair_filter)
-  if len(feat["input_ids"]) <= max_length:
-    return feat  # fits: exactly the single-pass features
-  return _cut_into_windows(feat, tokenizer, max_length, stride)
-
-
-def plan_batches(features: Sequence[Mapping], buckets: featurize_lib.Buckets, batch_size: int,
-                 window: int) -> list[tuple[list[int], Collate]]:
-  """(document indices, collate(features, label_batch)) per batch.
-
-  Documents are grouped by size (few bucket shapes, little padding);
-  windowed documents batch apart from single-pass ones, and the entity
-  bucket grows when a document needs a larger one.
-  """
-  windowed = [i for i, f in enumerate(features) if is_windowed(f)]
-  single = [i for i, f in enumerate(features) if not is_windowed(f)]
-  plan = []
-  if single:
-    grown = buckets.grown(
-        entities=max(featurize_lib.feature_shape(features[i])[2] for i in single))
-    collate = lambda docs, label_batch: featurize_lib.collate(docs, grown, label_batch,
-                                                              batch_size)
-    plan += [(c, collate) for c in featurize_lib.size_sorted_batches(features, batch_size, single)]
-  if windowed:
-    collate = lambda docs, label_batch: collate_windows(docs, buckets, label_batch, batch_size,
-                                                        window)
-    plan += [(c, collate) for c in featurize_lib.size_sorted_batches(
-        features, batch_size, windowed, window_shape)]
-  return plan

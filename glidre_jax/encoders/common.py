@@ -22,6 +22,31 @@ jax.tree_util.register_dataclass(
     EncoderOutput, data_fields=["last_hidden_state", "attentions"],
     meta_fields=[])
 
+class EncoderModel(nnx.Module):
+  """Embeddings, then the layer stack: the last hidden states and the last
+  layer's attention probs. Each family names its `embeddings_cls` and
+  `encoder_cls` and defines `embed(input_ids, attention_mask,
+  token_type_ids)` (what its embeddings read)."""
+
+  def __init__(self, cfg, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    self.config = cfg
+    self.embeddings = self.embeddings_cls(cfg, dtype=dtype, rngs=rngs)
+    self.encoder = self.encoder_cls(cfg, dtype=dtype, rngs=rngs)
+
+  @property
+  def hidden_size(self) -> int:
+    return self.config.hidden_size
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               token_type_ids: jax.Array | None = None) -> EncoderOutput:
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    x = self.embed(input_ids, attention_mask, token_type_ids)
+    x, probs = self.encoder(x, attention_mask)
+    return EncoderOutput(last_hidden_state=x, attentions=probs)
+
+
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),

@@ -176,7 +176,7 @@ class RelRep(nnx.Module):
     return self.projection(jnp.concatenate([head, tail], axis=-1), keys[2])
 
 
-class GLiDRE(nnx.Module):
+class GLiDREModel(nnx.Module):
   """Scores every (head, label, tail) of a padded batch of documents.
 
   Pairs are scored in blocks of `config.pair_chunk_size` (0: all E² at once);
@@ -287,9 +287,9 @@ class GLiDRE(nnx.Module):
 
 
 def build_glidre(cfg: GLiDREConfig, text_encoder_config, label_encoder_config, *,
-                 dtype=jnp.float32, seed: int = 0) -> GLiDRE:
+                 dtype=jnp.float32, seed: int = 0) -> GLiDREModel:
   """A randomly initialised GLiDRE (encoders too) from configs alone."""
   rngs = nnx.Rngs(seed)
   text = encoders.new_encoder(text_encoder_config, dtype=dtype, seed=seed)
   label = encoders.new_encoder(label_encoder_config, dtype=dtype, seed=seed + 1)
-  return GLiDRE(cfg, text, label, dtype=dtype, rngs=rngs)
+  return GLiDREModel(cfg, text, label, dtype=dtype, rngs=rngs)

@@ -5,8 +5,13 @@ from __future__ import annotations
 from glidre_jax import encoders
 from glidre_jax.keymap import KeyTable, ffn_rules, linear_rules
 
-TEXT_ENCODER = "token_rep_layer.bert_layer.model."
-LABEL_ENCODER = "token_rep_layer.labels_encoder.model."
+# Where the encoders sit in GLiDREModel's tree (the official module names):
+# everything under ENCODER_SCOPE is both encoders and their projections.
+ENCODER_SCOPE = "token_rep_layer"
+TEXT_ENCODER_PATH = (ENCODER_SCOPE, "bert_layer", "model")
+LABEL_ENCODER_PATH = (ENCODER_SCOPE, "labels_encoder", "model")
+TEXT_ENCODER = ".".join(TEXT_ENCODER_PATH) + "."
+LABEL_ENCODER = ".".join(LABEL_ENCODER_PATH) + "."
 
 HEAD_TABLE = KeyTable(
     linear_rules("token_rep_layer.projection")
@@ -29,3 +34,13 @@ def key_table(text_model_type: str, label_model_type: str) -> KeyTable:
   label = encoders.encoder_family(label_model_type).key_table
   return (text.prefixed(TEXT_ENCODER, TEXT_ENCODER)
           + label.prefixed(LABEL_ENCODER, LABEL_ENCODER) + HEAD_TABLE)
+
+
+def encoder_modules(model) -> tuple:
+  """(text encoder, label encoder) modules of a GLiDREModel."""
+  def at(path):
+    module = model
+    for name in path:
+      module = getattr(module, name)
+    return module
+  return at(TEXT_ENCODER_PATH), at(LABEL_ENCODER_PATH)

@@ -13,7 +13,7 @@ import numpy as np
 from glidre_jax import sharding, trainer as trainer_lib
 from glidre_jax.encoders.bert import BertConfig, BertModel
 from glidre_jax.model.config import GLiDREConfig
-from glidre_jax.model.glidre import GLiDRE
+from glidre_jax.model.glidre import GLiDREModel
 from flax import nnx
 
 
@@ -21,7 +21,7 @@ def make_model():
   enc = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                    intermediate_size=64, hidden_dropout_prob=0.0,
                    attention_probs_dropout_prob=0.0, max_position_embeddings=32)
-  return GLiDRE(GLiDREConfig(hidden_size=24, dropout=0.0), BertModel(enc, rngs=nnx.Rngs(1)),
+  return GLiDREModel(GLiDREConfig(hidden_size=24, dropout=0.0), BertModel(enc, rngs=nnx.Rngs(1)),
                 BertModel(enc, rngs=nnx.Rngs(2)), rngs=nnx.Rngs(3))
 
 

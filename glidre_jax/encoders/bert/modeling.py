@@ -125,24 +125,10 @@ class BertEncoder(nnx.Module):
     return x, probs  # only the last layer's attention leaves this function
 
 
-class BertModel(nnx.Module):
+class BertModel(common.EncoderModel):
   """Returns the last hidden states and the last layer's attention probs."""
 
-  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32,
-               rngs: nnx.Rngs | None = None):
-    rngs = rngs if rngs is not None else nnx.Rngs(0)
-    self.config = cfg
-    self.embeddings = BertEmbeddings(cfg, dtype=dtype, rngs=rngs)
-    self.encoder = BertEncoder(cfg, dtype=dtype, rngs=rngs)
+  embeddings_cls, encoder_cls = BertEmbeddings, BertEncoder
 
-  @property
-  def hidden_size(self) -> int:
-    return self.config.hidden_size
-
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-               token_type_ids: jax.Array | None = None) -> common.EncoderOutput:
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
-    x = self.embeddings(input_ids, token_type_ids)
-    x, probs = self.encoder(x, attention_mask)
-    return common.EncoderOutput(last_hidden_state=x, attentions=probs)
+  def embed(self, input_ids, attention_mask, token_type_ids):
+    return self.embeddings(input_ids, token_type_ids)
