@@ -8,15 +8,15 @@ keys, through the encoder family's own key table) and the tokenizer files.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 
 import numpy as np
+from absl import flags
 
 from . import official
 from .export_official import check_encoder_dir, extra_encoder_tensors, load_run_model
-from glidre_jax import encoders, keymap, weights
+from glidre_jax import cli, encoders, keymap, weights
 from glidre_jax.model import params as glidre_params
 
 
@@ -42,12 +42,17 @@ def export_text_encoder(model, out_dir: str | os.PathLike, encoder_dir: str | os
   return out
 
 
+FLAGS = flags.FlagValues()  # this tool's own (see glidre_jax.cli)
+flags.DEFINE_string("workdir", None, "a glidre_jax.train run directory", flag_values=FLAGS)
+flags.DEFINE_alias("checkpoint", "workdir", flag_values=FLAGS)  # as in the other tools
+cli.define_which(FLAGS)
+flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
+flags.mark_flags_as_required(["workdir", "out"], flag_values=FLAGS)
+
+
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="a glidre_jax.train run directory")
-  parser.add_argument("--which", default="best", choices=("best", "latest"))
-  parser.add_argument("--out", required=True, help="output directory")
-  args = parser.parse_args(argv)
+  cli.parse(FLAGS, argv, __doc__)
+  args = FLAGS
   model, text_dir, _ = load_run_model(args.workdir, args.which)
   out = export_text_encoder(model, args.out, text_dir)
   print(f"wrote {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))

@@ -14,16 +14,16 @@ versions can do: pass --no_safetensors for an older torch.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import pathlib
 
 import numpy as np
+from absl import flags
 from flax import nnx
 
 from . import official
-from glidre_jax import encoders, keymap, run_dir, weights
+from glidre_jax import cli, encoders, keymap, run_dir, weights
 from glidre_jax.data.tokenize import resolve_encoder_dir
 from glidre_jax.model.glidre import GLiDREModel
 from glidre_jax.model import params as glidre_params
@@ -117,19 +117,23 @@ def load_run_model(workdir: str | os.PathLike, which: str = "best"):
           resolve_encoder_dir(config.label_encoder))
 
 
+FLAGS = flags.FlagValues()  # this tool's own (see glidre_jax.cli)
+flags.DEFINE_string("workdir", None, "a glidre_jax.train run directory", flag_values=FLAGS)
+flags.DEFINE_alias("checkpoint", "workdir", flag_values=FLAGS)  # as in the other tools
+cli.define_which(FLAGS)
+flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
+flags.mark_flags_as_required(["workdir", "out"], flag_values=FLAGS)
+flags.DEFINE_string("text_encoder_name", None, "official model_name (e.g. a Hub id); "
+                    "default: the copied folder", flag_values=FLAGS)
+flags.DEFINE_string("label_encoder_name", None, "official labels_encoder; default: the copied "
+                    "folder", flag_values=FLAGS)
+flags.DEFINE_bool("no_safetensors", False, "write pytorch_model.bin only (for a torch whose "
+                  "torch.load cannot read model.safetensors)", flag_values=FLAGS)
+
+
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="a glidre_jax.train run directory")
-  parser.add_argument("--which", default="best", choices=("best", "latest"))
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--text_encoder_name", default=None,
-                      help="official model_name (e.g. a Hub id); default: the copied folder")
-  parser.add_argument("--label_encoder_name", default=None,
-                      help="official labels_encoder; default: the copied folder")
-  parser.add_argument("--no_safetensors", action="store_true",
-                      help="write pytorch_model.bin only (for a torch whose torch.load "
-                      "cannot read model.safetensors)")
-  args = parser.parse_args(argv)
+  cli.parse(FLAGS, argv, __doc__)
+  args = FLAGS
   model, text_dir, label_dir = load_run_model(args.workdir, args.which)
   out = export_glidre(model, args.out, text_dir, label_dir,
                       text_encoder_name=args.text_encoder_name,

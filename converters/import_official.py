@@ -20,7 +20,6 @@ glidre_config.json by the official save_pretrained (see `official.encoder_config
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -28,10 +27,11 @@ import pathlib
 from typing import Any
 
 import jax.numpy as jnp
+from absl import flags
 from flax import nnx
 
 from . import official
-from glidre_jax import checkpointing, encoders, hub, keymap, run_dir, shipped, weights
+from glidre_jax import checkpointing, cli, encoders, hub, keymap, run_dir, shipped, weights
 from glidre_jax.model import params as glidre_params
 from glidre_jax.model.config import GLiDREConfig
 from glidre_jax.model.glidre import GLiDREModel, build_glidre
@@ -147,17 +147,23 @@ def save_as_run(model: GLiDREModel, desc: OfficialModel, workdir: str | os.PathL
   return workdir
 
 
+FLAGS = flags.FlagValues()  # this tool's own (see glidre_jax.cli)
+flags.DEFINE_string("src", None, "official GLiDRE directory or Hub id", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "run directory to write", flag_values=FLAGS)
+flags.mark_flags_as_required(["src", "workdir"], flag_values=FLAGS)
+flags.DEFINE_string("text_encoder_dir", None, "local HF directory of the text encoder (config + "
+                    "tokenizer)", flag_values=FLAGS)
+flags.DEFINE_string("label_encoder_dir", None, "local HF directory of the label encoder (config "
+                    "+ tokenizer)", flag_values=FLAGS)
+flags.DEFINE_integer("label_max_length", 16, "subwords of a relation name for the label encoder",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "PRNG seed of the model build (and the run config)",
+                     flag_values=FLAGS)
+
+
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--src", required=True, help="official GLiDRE directory or Hub id")
-  parser.add_argument("--workdir", required=True, help="run directory to write")
-  parser.add_argument("--text_encoder_dir", default=None,
-                      help="local HF directory of the text encoder (config + tokenizer)")
-  parser.add_argument("--label_encoder_dir", default=None,
-                      help="local HF directory of the label encoder (config + tokenizer)")
-  parser.add_argument("--label_max_length", type=int, default=16)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
+  cli.parse(FLAGS, argv, __doc__)
+  args = FLAGS
   desc = describe(args.src, text_encoder_dir=args.text_encoder_dir,
                   label_encoder_dir=args.label_encoder_dir,
                   label_max_length=args.label_max_length)

@@ -3,15 +3,14 @@
     python -m glidre_jax.evaluate --workdir=runs/default --split='dev[400:]' \
         --output=predictions.json [--which latest]
 
-loads the best (or latest) checkpoint of a run, predicts the split, writes the
-official result format (a list of {title, h_idx, t_idx, r}) and prints
-P / R / F1 / Ign F1 with the Re-DocRED semantics, at τ and over a sweep. τ is
-the one stored with the best checkpoint (see `with_selection`) unless
---threshold gives one.
+loads the best (or latest) checkpoint of a run (--workdir, or --checkpoint as
+in the other tools), predicts the split, writes the official result format
+(a list of {title, h_idx, t_idx, r}) and prints P / R / F1 / Ign F1 with the
+Re-DocRED semantics, at τ and over a sweep. τ is the one stored with the best
+checkpoint (see `with_selection`) unless --threshold gives one.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
+from absl import flags
 
 from glidre_jax import checkpointing, cli, decoding, inference, metrics, run_dir
 from glidre_jax.decoding import MIN_CANDIDATE_SCORE, Candidates, to_predictions  # noqa: F401
@@ -183,42 +183,63 @@ def load_run(workdir, which: str = "best", *, data_dir: str | None = None) -> Lo
   return LoadedRun(config, eval_data, params, rest, inference.Predictor(graphdef), train_data)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="a run directory of glidre_jax.train")
-  # --which as in glidre_jax.predict (where --checkpoint names the directory);
-  # --checkpoint best|latest is kept as its old spelling here.
-  parser.add_argument("--which", "--checkpoint", dest="which", choices=cli.WHICH,
-                      default="best", help="the run's best-on-dev or latest weights")
-  parser.add_argument("--split", default=None,
-                      help="split expression, e.g. 'dev[400:]' (default: the run's eval split)")
-  parser.add_argument("--data_dir", default=None, help="override the run's data directory")
-  parser.add_argument("--threshold", type=float, default=None,
-                      help="default: the τ stored with the best checkpoint (eval.threshold "
-                           "for --which latest or runs that stored none)")
-  parser.add_argument("--output", default=None, help="write predictions here (JSON list)")
-  args = parser.parse_args(argv)
+FLAGS = flags.FlagValues()  # this tool's own (see glidre_jax.cli)
+flags.DEFINE_string("workdir", None, "a glidre_jax.train run directory (or --checkpoint)",
+                    flag_values=FLAGS)
+cli.define_checkpoint(FLAGS, "the run directory, as --workdir; the old spelling "
+                      "--checkpoint best|latest still means --which", required=False)
+cli.define_which(FLAGS)
+flags.DEFINE_string("split", None, "split expression, e.g. 'dev[400:]' (default: the run's "
+                    "eval split)", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "override the run's data directory", flag_values=FLAGS)
+flags.DEFINE_float("threshold", None, "default: the τ stored with the best checkpoint "
+                   "(eval.threshold for --which latest or runs that stored none)",
+                   flag_values=FLAGS)
+flags.DEFINE_string("output", None, "write predictions here (JSON list)", flag_values=FLAGS)
 
-  run = load_run(args.workdir, args.which, data_dir=args.data_dir)
-  split = args.split or run.config.data.eval_split
+
+def run_and_weights(args) -> tuple[str, str]:
+  """(run directory, best|latest) from --workdir/--checkpoint and --which.
+
+  --checkpoint names the run as in the other tools; before, here, it was the
+  spelling of --which, and `--checkpoint best|latest` still means that (a
+  run directory of that name is `--checkpoint ./best`).
+  """
+  workdir, checkpoint, which = args.workdir, args.checkpoint, args.which
+  if checkpoint in cli.WHICH:
+    if args["which"].present and which != checkpoint:
+      cli.usage_error(f"--checkpoint {checkpoint} (the old spelling of --which) contradicts "
+                      f"--which {which}")
+    checkpoint, which = None, checkpoint
+  if workdir and checkpoint and workdir != checkpoint:
+    cli.usage_error(f"--workdir {workdir} and --checkpoint {checkpoint} name two runs")
+  if not (workdir or checkpoint):
+    cli.usage_error("--workdir (or --checkpoint) must name a glidre_jax.train run directory")
+  return workdir or checkpoint, which
+
+
+def main(argv=None):
+  cli.parse(FLAGS, argv, __doc__)
+  workdir, which = run_and_weights(FLAGS)
+  run = load_run(workdir, which, data_dir=FLAGS.data_dir)
+  split = FLAGS.split or run.config.data.eval_split
   docs = run.read_split(split)
-  if args.threshold is None:
-    threshold = checkpointing.selected_threshold(args.workdir, args.which,
-                                                 run.config.eval.threshold)
-    print(f"τ={threshold}: the run's {args.which} checkpoint's "
+  if FLAGS.threshold is None:
+    threshold = checkpointing.selected_threshold(workdir, which, run.config.eval.threshold)
+    print(f"τ={threshold}: the run's {which} checkpoint's "
           f"(eval.threshold_selection={run.config.eval.threshold_selection!r})")
   else:
-    threshold = args.threshold
+    threshold = FLAGS.threshold
   candidates = run.score(docs, progress=cli.progress_bar(f"predict {split}"))
   train = run.train_facts()
   result = evaluate_candidates(candidates, docs, run.schema, train,
                                threshold, tuple(run.config.eval.sweep))
   print(f"{split} ({len(docs)} documents): {format_scores(result)}")
-  if args.output:
+  if FLAGS.output:
     preds = to_predictions(candidates, docs, run.schema, threshold)
-    with open(args.output, "w") as f:
+    with open(FLAGS.output, "w") as f:
       json.dump(preds, f)
-    print(f"wrote {len(preds)} predictions to {args.output}")
+    print(f"wrote {len(preds)} predictions to {FLAGS.output}")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ model card, e.g. --scores test=test_scores.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
+
+from absl import flags
 
 from glidre_jax import cli
 
@@ -38,21 +39,25 @@ def read_scores(specs) -> dict:
   return scores
 
 
+FLAGS = flags.FlagValues()  # this tool's own (see glidre_jax.cli)
+cli.define_checkpoint(FLAGS, "run directory, saved folder, official directory or Hub id")
+cli.define_which(FLAGS)
+flags.DEFINE_string("out", None, "folder to write", flag_values=FLAGS)
+flags.DEFINE_bool("official", False, "the official PyTorch GLiDRE layout (needs torch)",
+                  flag_values=FLAGS)
+flags.DEFINE_string("push_to_hub", None, "ORG/NAME: upload to this Hub model repository "
+                    "(needs a network and a token)", flag_values=FLAGS)
+flags.DEFINE_bool("private", False, "create the Hub repository private", flag_values=FLAGS)
+flags.DEFINE_multi_string("scores", None, "NAME=FILE: an evaluation for the model card "
+                          "(repeatable)", flag_values=FLAGS)
+flags.DEFINE_string("license", "apache-2.0", "the model card's license", flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  cli.add_checkpoint_flags(parser, "run directory, saved folder, official directory or Hub id")
-  parser.add_argument("--out", default=None, help="folder to write")
-  parser.add_argument("--official", action="store_true",
-                      help="the official PyTorch GLiDRE layout (needs torch)")
-  parser.add_argument("--push_to_hub", default=None, metavar="ORG/NAME",
-                      help="upload to this Hub model repository (needs a network and a token)")
-  parser.add_argument("--private", action="store_true", help="create the Hub repository private")
-  parser.add_argument("--scores", action="append", metavar="NAME=FILE",
-                      help="an evaluation for the model card (repeatable)")
-  parser.add_argument("--license", default="apache-2.0")
-  args = parser.parse_args(argv)
+  cli.parse(FLAGS, argv, __doc__)
+  args = FLAGS
   if not args.out and not args.push_to_hub:
-    parser.error("give --out, --push_to_hub or both")
+    cli.usage_error("give --out, --push_to_hub or both")
   try:
     from glidre_jax.api import GLiDREPredictor
     scores = read_scores(args.scores)

@@ -21,14 +21,44 @@ naming the file.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 
+from absl import flags
+
 from glidre_jax import cli, decoding
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.data import inputs, local_files, readers
+
+
+FLAGS = flags.FlagValues()  # this tool's own (see glidre_jax.cli)
+cli.define_checkpoint(FLAGS)
+cli.define_which(FLAGS)
+flags.DEFINE_string("input", None, "documents (.jsonl or JSON list)", flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "relation names, one per line", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "JSON lines, one per document", flag_values=FLAGS)
+flags.mark_flags_as_required(["input", "labels", "output"], flag_values=FLAGS)
+flags.DEFINE_float("threshold", None, "default: the τ stored with the run's best checkpoint",
+                   flag_values=FLAGS)
+flags.DEFINE_string("label_thresholds", None,
+                    "JSON file {label: threshold} overriding --threshold", flag_values=FLAGS)
+flags.DEFINE_string("constraints", None,
+                    "JSON file {label: [[head types], [tail types]]} (null: any type)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("top_k", None, "at most k labels per pair", flag_values=FLAGS)
+flags.DEFINE_bool("keep_self_pairs", False,
+                  "also report (e, e) pairs (default: as the model's model.self_pairs)",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", None,
+                     "documents per batch (default: the run's eval_batch_size)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("stride", None,
+                     "encode documents longer than the run's max_length in overlapping "
+                     "windows starting every STRIDE subwords; 0 truncates them "
+                     "(default: the run's data.window_stride)", flag_values=FLAGS)
+flags.DEFINE_string("text_encoder_dir", None, "official checkpoints only", flag_values=FLAGS)
+flags.DEFINE_string("label_encoder_dir", None, "official checkpoints only", flag_values=FLAGS)
 
 
 def read_records(path) -> list[dict]:
@@ -68,6 +98,7 @@ def _check_option(labels, what: str, path, **option) -> None:
 
 
 def run(args) -> int:
+  """Predicts with the parsed flags `args` (FLAGS); 0 on success."""
   labels = list(decoding.check_labels(local_files.read_label_file(args.labels)))
   records = read_records(args.input)
   docs = inputs.to_documents(records)  # every input error before the model loads
@@ -104,32 +135,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  cli.add_checkpoint_flags(parser)
-  parser.add_argument("--input", required=True, help="documents (.jsonl or JSON list)")
-  parser.add_argument("--labels", required=True, help="relation names, one per line")
-  parser.add_argument("--output", required=True, help="JSON lines, one per document")
-  parser.add_argument("--threshold", type=float, default=None,
-                      help="default: the τ stored with the run's best checkpoint")
-  parser.add_argument("--label_thresholds", default=None,
-                      help="JSON file {label: threshold} overriding --threshold")
-  parser.add_argument("--constraints", default=None,
-                      help="JSON file {label: [[head types], [tail types]]} (null: any type)")
-  parser.add_argument("--top_k", type=int, default=None, help="at most k labels per pair")
-  parser.add_argument("--keep_self_pairs", action="store_true",
-                      help="also report (e, e) pairs (default: as the model's "
-                      "model.self_pairs)")
-  parser.add_argument("--batch_size", type=int, default=None,
-                      help="documents per batch (default: the run's eval_batch_size)")
-  parser.add_argument("--stride", type=int, default=None,
-                      help="encode documents longer than the run's max_length in overlapping "
-                           "windows starting every STRIDE subwords; 0 truncates them "
-                           "(default: the run's data.window_stride)")
-  parser.add_argument("--text_encoder_dir", default=None, help="official checkpoints only")
-  parser.add_argument("--label_encoder_dir", default=None, help="official checkpoints only")
-  args = parser.parse_args(argv)
+  cli.parse(FLAGS, argv, __doc__)
   try:
-    return run(args)
+    return run(FLAGS)
   except (ValueError, FileNotFoundError, ImportError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
