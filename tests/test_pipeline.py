@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from glidre_jax.data import batch as batch_lib
+from glidre_jax.data import registry
 from glidre_jax.data.featurize import Buckets
 from glidre_jax.data.pipeline import build_dataset, make_iterator, subset_indices, to_device
 
@@ -52,7 +53,7 @@ def test_tfds_builder_local_dir(tmp_path, tok, schema, dev_docs, redocred_dev_pa
   assert list(builder.info.splits) == ["dev"]
   train_src, sel_src = tb.data_source(builder, "dev[:400]"), tb.data_source(builder, "dev[400:]")
   assert (len(train_src), len(sel_src)) == (400, 100)
-  decode = tb.record_decoder("redocred")
+  decode = registry.record_decoder("redocred")
   assert decode(train_src[0]) == dev_docs[0] and decode(sel_src[0]) == dev_docs[400]
   assert decode(sel_src[99]) == dev_docs[499]
   # Prepared data is reused for the same sources, and not for other ones.
@@ -81,7 +82,7 @@ def test_cdr_builder(tmp_path, redocred_dev_path):
                      {"h": 1, "t": 0, "r": "NR", "evidence": []}]
   (local / "train.json").write_text(json.dumps(raw))
   builder = tb.prepare(tb.CDR, data_dir=tmp_path / "tfds", local_dir=local)
-  doc = tb.record_decoder("cdr")(tb.data_source(builder, "train")[2])
+  doc = registry.record_decoder("cdr")(tb.data_source(builder, "train")[2])
   assert [(r.head, r.tail, r.label) for r in doc.relations] == [(1, 0, "chemical induces disease")]
 
 

@@ -390,11 +390,11 @@ def test_evaluation_windows_long_documents(predictor, dev_docs, schema):
 def test_cdr_long_documents_lose_no_mention(tok):
   """CDR documents over 512 subwords: truncation drops mentions, windows keep all."""
   from conftest import SHARED_DATA
-  from glidre_jax.data import readers, tfds_builders
+  from glidre_jax.data import readers, registry
   path = SHARED_DATA / "cdr" / "dev.json"
   if not path.exists():
     pytest.skip(f"{path} not available")
-  cdr_schema = tfds_builders.cdr_schema()
+  cdr_schema = registry.dataset_schema("cdr")
   docs = readers.normalize_cdr(readers.read_docred(path, cdr_schema, strict=False))
   index = {name: k for k, name in enumerate(cdr_schema.names)}
   long_docs = [d for d in docs

@@ -10,14 +10,14 @@ prediction never needs tensorflow-datasets.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
 from glidre_jax import distributed
-from glidre_jax.data import assets, batching, local_files, pipeline
+from glidre_jax.data import assets, batching, local_files, pipeline, readers
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data.documents import Document
 from glidre_jax.data.open_labels import OpenLabels
@@ -32,11 +32,13 @@ class Dataset:
   dropped: tuple[str, ...]  # relation ids that are no fact (CDR's "NR")
   pair_filter: featurize_lib.PairFilter | None  # candidate pairs (None: all)
   shipped_dir: tuple[str, ...] | None  # shipped files, else data.data_dir is needed
+  normalize: Callable[[list[Document]], list[Document]] | None  # e.g. CHEM -> DISE
 
 
 DATASETS = {
-    "redocred": Dataset("ReDocRED", ("docred", "rel_info.json"), (), None, ("redocred",)),
-    "cdr": Dataset("CDR", ("cdr", "rel_info.json"), ("NR",), featurize_lib.cdr_pair_filter, None),
+    "redocred": Dataset("ReDocRED", ("docred", "rel_info.json"), (), None, ("redocred",), None),
+    "cdr": Dataset("CDR", ("cdr", "rel_info.json"), ("NR",), featurize_lib.cdr_pair_filter, None,
+                   readers.normalize_cdr),
 }
 OPEN_DATASET = "glidre"  # the user's own GLiDRE-format files (data/local_files.py)
 
@@ -180,9 +182,28 @@ def load_schema(config) -> RelationSchema:
   d = config.data
   if d.dataset == OPEN_DATASET:
     return _glidre_schemas(config, _glidre_files(config))[0]
-  spec = _dataset(config)
-  return RelationSchema.from_file(d.rel_info or assets.asset_path(*spec.rel_info)
+  _dataset(config)  # a known name
+  return dataset_schema(d.dataset, d.rel_info)
+
+
+def dataset_schema(name: str, rel_info: str | None = None) -> RelationSchema:
+  """The relations of a dataset of DATASETS: its shipped relation file (or
+  `rel_info`) without the ones that are no fact."""
+  spec = DATASETS[name]
+  return RelationSchema.from_file(rel_info or assets.asset_path(*spec.rel_info)
                                   ).without(*spec.dropped)
+
+
+def record_decoder(name: str, schema: RelationSchema | None = None
+                   ) -> Callable[[dict], Document]:
+  """Stored TFDS record -> Document for a dataset of DATASETS, validated by
+  the DocRED reader and normalised as the dataset says (default schema: its
+  `dataset_schema`)."""
+  spec, decode_record = DATASETS[name], tfds_builders().decode_docred_record
+  schema = schema or dataset_schema(name)
+  if spec.normalize is None:
+    return lambda record: decode_record(record, schema)
+  return lambda record: spec.normalize([decode_record(record, schema)])[0]
 
 
 def _glidre_files(config) -> local_files.GLiDREFiles:
@@ -233,4 +254,4 @@ def data_setup(config) -> DataSetup:
   distributed.barrier("tfds_prepared")
   builder = builder or prepare()
   return DataSetup(config, schema, *load_tokenizers(config), builder,
-                   builders.record_decoder(d.dataset, schema))
+                   record_decoder(d.dataset, schema))

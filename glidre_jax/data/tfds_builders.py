@@ -2,7 +2,8 @@
 
 Each example is one source document kept verbatim as a JSON string (plus its
 title and position in the file): the relation schema is applied when
-records are decoded, by the same readers as for plain JSON files. Shuffling
+records are decoded, by the same readers as for plain JSON files (each
+dataset's relation file and normaliser: `data.registry`). Shuffling
 at write time is off, so `dev[:400]` is the file's first 400 documents.
 
 Works offline: pass `local_dir` (a directory holding the split files) and
@@ -24,7 +25,6 @@ from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
 from glidre_jax.data import readers
-from glidre_jax.data.assets import asset_path
 from glidre_jax.data.documents import Document
 from glidre_jax.data.relations import RelationSchema
 
@@ -189,22 +189,3 @@ def decode_docred_record(record: Mapping, schema: RelationSchema, *,
   # read_docred is this function applied to every element of a file.
   return readers.docred_document(raw, schema, index=index, drop_relations=drop_relations,
                                  strict=strict)
-
-
-def redocred_schema() -> RelationSchema:
-  return RelationSchema.from_file(asset_path("docred", "rel_info.json"))
-
-
-def cdr_schema() -> RelationSchema:
-  return RelationSchema.from_file(asset_path("cdr", "rel_info.json")).without("NR")
-
-
-def record_decoder(dataset: str, schema: RelationSchema | None = None):
-  """Record -> Document function for "redocred" or "cdr" (CDR is oriented CHEM -> DISE)."""
-  if dataset == "redocred":
-    schema = schema or redocred_schema()
-    return lambda rec: decode_docred_record(rec, schema)
-  if dataset == "cdr":
-    schema = schema or cdr_schema()
-    return lambda rec: readers.normalize_cdr([decode_docred_record(rec, schema)])[0]
-  raise ValueError(f"unknown dataset {dataset!r}; expected 'redocred' or 'cdr'")
