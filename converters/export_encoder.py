@@ -15,7 +15,8 @@ import numpy as np
 from absl import flags
 
 from . import official
-from .export_official import check_encoder_dir, extra_encoder_tensors, load_run_model
+from .export_official import (check_encoder_dir, define_run_flags, extra_encoder_tensors,
+                              load_run_model)
 from glidre_jax import cli, encoders, keymap, weights
 from glidre_jax.model import params as glidre_params
 
@@ -43,11 +44,7 @@ def export_text_encoder(model, out_dir: str | os.PathLike, encoder_dir: str | os
 
 
 FLAGS = flags.FlagValues()  # this tool's own (see glidre_jax.cli)
-flags.DEFINE_string("workdir", None, "a glidre_jax.train run directory", flag_values=FLAGS)
-flags.DEFINE_alias("checkpoint", "workdir", flag_values=FLAGS)  # as in the other tools
-cli.define_which(FLAGS)
-flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
-flags.mark_flags_as_required(["workdir", "out"], flag_values=FLAGS)
+define_run_flags(FLAGS)
 
 
 def main(argv=None) -> None:

@@ -117,12 +117,18 @@ def load_run_model(workdir: str | os.PathLike, which: str = "best"):
           resolve_encoder_dir(config.label_encoder))
 
 
+def define_run_flags(flag_values: flags.FlagValues) -> None:
+  """The flags of an export from a run: --workdir (or --checkpoint), --which, --out."""
+  flags.DEFINE_string("workdir", None, "a glidre_jax.train run directory",
+                      flag_values=flag_values)
+  flags.DEFINE_alias("checkpoint", "workdir", flag_values=flag_values)  # as in the other tools
+  cli.define_which(flag_values)
+  flags.DEFINE_string("out", None, "output directory", flag_values=flag_values)
+  flags.mark_flags_as_required(["workdir", "out"], flag_values=flag_values)
+
+
 FLAGS = flags.FlagValues()  # this tool's own (see glidre_jax.cli)
-flags.DEFINE_string("workdir", None, "a glidre_jax.train run directory", flag_values=FLAGS)
-flags.DEFINE_alias("checkpoint", "workdir", flag_values=FLAGS)  # as in the other tools
-cli.define_which(FLAGS)
-flags.DEFINE_string("out", None, "output directory", flag_values=FLAGS)
-flags.mark_flags_as_required(["workdir", "out"], flag_values=FLAGS)
+define_run_flags(FLAGS)
 flags.DEFINE_string("text_encoder_name", None, "official model_name (e.g. a Hub id); "
                     "default: the copied folder", flag_values=FLAGS)
 flags.DEFINE_string("label_encoder_name", None, "official labels_encoder; default: the copied "

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
 from glidre_jax import checkpointing, hub, pretrained, run_dir as run_dir_lib
 from glidre_jax.data import tokenize
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.encoders import load_encoder
 from glidre_jax.weights import flat_params
 from hf_cache import folder_files, lay_out
+from tiny_model import small_config
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 LABELS = ["country", "place of birth", "located in"]
@@ -48,19 +48,11 @@ def minilm_files(minilm_dir, weights=True):
   return files
 
 
-def small_config():
-  c = default.get_config()
-  c.data.max_length = 128
-  c.data.seq_buckets, c.data.word_buckets, c.data.entity_buckets = (128,), (128,), (8,)
-  c.data.eval_batch_size = 2
-  return c
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   """A run directory: MiniLM GLiDRE as its best checkpoint, with dev scores."""
   path = tmp_path_factory.mktemp("run")
-  config = small_config()
+  config = small_config(8)
   config.workdir = str(path)
   run_dir_lib.save_config(config, path)
   model = run_dir_lib.build_model(config)
@@ -120,7 +112,7 @@ def test_offline_errors_name_the_id(hf_home, minilm_dir):
 
 def test_config_encoders_by_hub_id(hf_home, minilm_dir, from_run):
   lay_out(hf_home / "hub", MINILM_ID, minilm_files(minilm_dir))
-  by_id = small_config()
+  by_id = small_config(8)
   by_id.text_encoder = by_id.label_encoder = MINILM_ID
   model = run_dir_lib.build_model(by_id)  # the run's model was built from 'minilm'
   built = dict(jax.tree_util.tree_leaves_with_path(nnx.as_pure(nnx.state(model, nnx.Param))))

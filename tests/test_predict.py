@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
 from glidre_jax import checkpointing, decoding, run_dir as run_dir_lib
 from glidre_jax import predict as predict_cli
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data import batching, inputs, windows
 from glidre_jax.model.windows import merge_windows
+from tiny_model import small_config
 
 LABELS = ["country", "place of birth", "located in"]
 TEXT = "Marie Curie was born in Warsaw, Poland. Later she moved to Paris."
@@ -25,22 +25,14 @@ RAW = {"title": "curie", "text": TEXT,
                     {"start": 59, "end": 64, "type": "LOC"}]}
 
 
-def small_config():
-  c = default.get_config()
-  c.data.max_length = 128
-  c.data.seq_buckets, c.data.word_buckets, c.data.entity_buckets = (128,), (128,), (48,)
-  c.data.eval_batch_size = 2
-  return c
-
-
 @pytest.fixture(scope="module")
 def model():
-  return run_dir_lib.build_model(small_config())
+  return run_dir_lib.build_model(small_config(48))
 
 
 @pytest.fixture(scope="module")
 def predictor(model):
-  return GLiDREPredictor.from_model(model, small_config())
+  return GLiDREPredictor.from_model(model, small_config(48))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +47,7 @@ STORED_TAU = 0.6  # the τ run_dir's best checkpoint was "selected" at
 def run_dir(model, tmp_path_factory):
   """A run directory holding `model` as its best checkpoint (no training)."""
   path = tmp_path_factory.mktemp("run")
-  config = small_config()
+  config = small_config(48)
   config.workdir = str(path)
   run_dir_lib.save_config(config, path)
   checkpoints = checkpointing.RunCheckpoints(path, save_every=1)
