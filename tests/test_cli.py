@@ -57,3 +57,9 @@ def test_help_lists_every_flag(tool, capsys):
     assert f"--{name}:" in out or f"--[no]{name}:" in out, name
   if "which" in tool.FLAGS:  # one meaning of --which everywhere
     assert "--which: <best|latest>: a run directory's best-on-dev or latest weights" in out
+
+
+@pytest.mark.parametrize("tool", (export_official, export_encoder), ids=lambda t: t.__name__)
+def test_exports_take_checkpoint_for_the_run(tool):
+  cli.parse(tool.FLAGS, ["--checkpoint", "runs/a", "--out=o", "--which=latest"], "")
+  assert (tool.FLAGS.workdir, tool.FLAGS.which, tool.FLAGS.out) == ("runs/a", "latest", "o")
