@@ -8,6 +8,8 @@ or corrupt file), the run resumes from the one before, with a warning.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import pathlib
 
@@ -103,7 +105,8 @@ class RunCheckpoints:
     broken = []
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        restored, error = manager.restore(step, args=args), None
+        with _reads_finish_before_their_loop_closes():
+          restored, error = manager.restore(step, args=args), None
       except Exception as e:  # noqa: BLE001 - any failure to read makes the checkpoint unusable
         restored, error = None, e
       if _on_every_process(error is None):
@@ -181,6 +184,45 @@ class RunCheckpoints:
 
 def _step_dir(manager, step: int):
   return manager.directory / str(step)  # an epath.Path (local or gs://)
+
+
+class _FinishingEventLoop(asyncio.SelectorEventLoop):
+  """An event loop that, when closed, first cancels its pending tasks and
+  runs them to their end (as asyncio.run does).
+
+  Orbax reads a checkpoint's arrays in a fresh loop (`asyncio.gather` of
+  TensorStore reads) and closes it as soon as one read fails; the reads still
+  in flight then complete on TensorStore's threads, whose callback into the
+  closed loop raises "RuntimeError: Event loop is closed", printed as a
+  traceback per read (more of them the slower the machine). Cancelled here
+  while the loop is open, their callbacks land in it and do nothing.
+  """
+
+  def close(self) -> None:
+    if not self.is_running() and not self.is_closed():
+      pending = asyncio.all_tasks(self)
+      for task in pending:
+        task.cancel()
+      if pending:
+        self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    super().close()
+
+
+class _FinishingPolicy(asyncio.DefaultEventLoopPolicy):
+  def new_event_loop(self) -> asyncio.AbstractEventLoop:
+    return _FinishingEventLoop()
+
+
+@contextlib.contextmanager
+def _reads_finish_before_their_loop_closes():
+  """Event loops created meanwhile (orbax's, for a restore) finish their
+  pending reads before they close; see _FinishingEventLoop."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_FinishingPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
 
 
 def _reason(error: BaseException) -> str:

@@ -1,7 +1,22 @@
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
+
+# One persistent compilation cache per test session, fresh and removed at the
+# end, shared by the subprocesses the tests start (they inherit the
+# environment; so do pytest-xdist workers, which then share the controller's):
+# a program that several tests, or a restarted training command, compile again
+# is loaded instead. The same executables, so results are unchanged. Set
+# before JAX is imported.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="glidre_test_jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

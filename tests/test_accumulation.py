@@ -115,15 +115,17 @@ def test_freeze_label_encoder(plain_run, big_batches):
 
 @pytest.mark.slow
 def test_run_killed_mid_window_resumes_the_same_curve(tmp_path, monkeypatch):
-  """grad_accum=2, checkpoint every 2 updates: killed on the second
-  micro-batch of update 3, the rerun restarts from update 2 and logs the
-  uninterrupted run's losses."""
+  """grad_accum=2, checkpoint every 2 updates: killed (an exception, whose
+  `finally` lets the in-flight step-2 save land) on the second micro-batch
+  of update 3, the rerun restarts from update 2 and logs the uninterrupted
+  run's losses."""
   from glidre_jax import train as train_lib
   from glidre_jax.data import pipeline
   from test_train import small_config
 
   def config(path):
     c = small_config(path, steps=4)
+    c.data.tfds_dir = str(tmp_path / "tfds")  # built once for the three runs
     c.data.batch_size = 1
     c.train.grad_accum = 2
     return c
