@@ -81,6 +81,28 @@ def pack(out: dict, features: Sequence[Mapping | None], shards: int, num_pairs_:
     fill[s] += n
 
 
+def from_dense(pair_mask: np.ndarray, labels: np.ndarray | None = None, *, shards: int = 1,
+               num_pairs_: int | None = None) -> dict[str, np.ndarray]:
+  """The pair fields of a batch given dense [B, E, E] candidate pairs (and
+  [B, E, E, K] labels), e.g. for synthetic batches; P defaults to the
+  fullest shard's pairs rounded up to PAIR_ALIGN."""
+  pair_mask = np.asarray(pair_mask)
+  b = len(pair_mask)
+  labels = np.zeros(pair_mask.shape + (1,), np.int32) if labels is None else np.asarray(labels)
+  rows = [{"pair_mask": m, "labels": y, "title": f"<row {i}>"}
+          for i, (m, y) in enumerate(zip(pair_mask, labels))]
+  if num_pairs_ is None:
+    need = shard_need([num_pairs(r) for r in rows], b, shards)
+    num_pairs_ = max(-(-need // PAIR_ALIGN) * PAIR_ALIGN, PAIR_ALIGN)
+  out = {"doc_mask": np.zeros(b, np.int32),
+         "pair_labels": np.zeros((shards, num_pairs_, labels.shape[-1]), np.int32),
+         **{name: np.zeros((shards, num_pairs_), np.int32)
+            for name in ("pair_doc", "pair_head", "pair_tail", "pair_mask")}}
+  pack(out, rows, shards, num_pairs_)
+  del out["doc_mask"]
+  return out
+
+
 def dense_pair_mask(batch: Mapping) -> np.ndarray:
   """bool [B, E, E]: the batch's scored pairs, on the host."""
   b, e = np.shape(batch["entity_mask"])
