@@ -50,9 +50,8 @@ class Buckets:
 
   @property
   def num_combinations(self) -> int:
-    """Batch shapes (L, W, E, P) within the buckets (P past the largest pair
-    bucket adds shapes, see `pairs.pick`)."""
-    return len(self.seq_len) * len(self.words) * len(self.entities) * len(self.pairs)
+    """(L, W, E) shapes; each comes with up to len(pairs) pair counts P."""
+    return len(self.seq_len) * len(self.words) * len(self.entities)
 
   def grown(self, *, words: int = 0, entities: int = 0) -> Buckets:
     """These buckets plus doublings of the largest word / entity size, up to

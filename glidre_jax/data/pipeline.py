@@ -6,7 +6,8 @@ epoch), each process takes its own shard of it, and training shuffles with a
 fresh permutation per epoch (grain reseeds `shuffle` under `repeat`). Batches
 are padded to the bucket of their largest member — in training, the largest
 member of the whole *global* batch, so every process builds the same shapes —
-and at most `buckets.num_combinations` batch shapes exist. Iterators are grain
+and at most `buckets.num_combinations` (L, W, E) batch shapes exist, each
+with the pair counts of `buckets.pairs`. Iterators are grain
 `DatasetIterator`s: `get_state()` / `set_state()` resume exactly.
 """
 from __future__ import annotations
