@@ -103,27 +103,32 @@ def from_dense(pair_mask: np.ndarray, labels: np.ndarray | None = None, *, shard
   return out
 
 
-def dense_pair_mask(batch: Mapping) -> np.ndarray:
-  """bool [B, E, E]: the batch's scored pairs, on the host."""
-  b, e = np.shape(batch["entity_mask"])
+def dense_index(batch: Mapping) -> tuple[np.ndarray, ...]:
+  """(documents, heads, tails) of the real packed pairs, batch-global rows,
+  and the mask selecting them from the [S, P] fields."""
+  b = np.shape(batch["entity_mask"])[0]
   s = np.shape(batch["pair_mask"])[0]
   real = np.asarray(batch["pair_mask"]) > 0
   docs = (np.asarray(batch["pair_doc"]) + (np.arange(s) * (b // s))[:, None])[real]
-  out = np.zeros((b, e, e), bool)
-  out[docs, np.asarray(batch["pair_head"])[real], np.asarray(batch["pair_tail"])[real]] = True
+  return docs, np.asarray(batch["pair_head"])[real], np.asarray(batch["pair_tail"])[real], real
+
+
+def dense_pair_mask(batch: Mapping) -> np.ndarray:
+  """bool [B, E, E]: the batch's scored pairs, on the host."""
+  docs, heads, tails, _ = dense_index(batch)
+  out = np.zeros(np.shape(batch["entity_mask"]) + (np.shape(batch["entity_mask"])[1],), bool)
+  out[docs, heads, tails] = True
   return out
 
 
 def dense(values: np.ndarray, batch: Mapping) -> np.ndarray:
-  """Packed values [S, P, ...] -> [B, E, E, ...] on the host (0 off the pairs)."""
-  b, e = np.shape(batch["entity_mask"])
-  s = np.shape(batch["pair_mask"])[0]
-  real = np.asarray(batch["pair_mask"]) > 0
-  docs = (np.asarray(batch["pair_doc"]) + (np.arange(s) * (b // s))[:, None])[real]
+  """Packed values [S, P, ...] -> [B, E, E, ...] on the host (0 off the pairs;
+  `model.glidre.dense` is the same scatter on device)."""
+  docs, heads, tails, real = dense_index(batch)
   values = np.asarray(values)
+  b, e = np.shape(batch["entity_mask"])
   out = np.zeros((b, e, e) + values.shape[2:], values.dtype)
-  out[docs, np.asarray(batch["pair_head"])[real], np.asarray(batch["pair_tail"])[real]] = (
-      values[real])
+  out[docs, heads, tails] = values[real]
   return out
 
 
