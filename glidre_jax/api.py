@@ -32,6 +32,7 @@ from flax import nnx
 from glidre_jax import checkpointing, decoding, hub, inference, pretrained, run_dir, shipped
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data import batching, inputs, registry
+from glidre_jax.data import pairs as pairs_lib
 from glidre_jax.data.documents import Document
 from glidre_jax.data.tokenize import load_tokenizers
 
@@ -233,9 +234,10 @@ class GLiDREPredictor:
     out: list[np.ndarray | None] = [None] * len(docs)
     for chunk, batch, probs in self._batches(feats, labels, batch_size or self.batch_size,
                                              cache_labels, None):
+      scored = pairs_lib.dense_pair_mask(batch)
       for row, i in enumerate(chunk):
         n = len(docs[i].entities)
-        out[i] = probs[row, :n, :n] * batch["pair_mask"][row, :n, :n, None]
+        out[i] = probs[row, :n, :n] * scored[row, :n, :n, None]
     return out
 
   def predict(self, documents: Sequence, labels: Sequence[str],
@@ -272,7 +274,7 @@ class GLiDREPredictor:
                                              batch_size or self.batch_size,
                                              cache_labels, progress):
       types = [[e.type for e in docs[i].entities] for i in chunk]
-      rows = decoder.triples(probs[:len(chunk)], batch["pair_mask"][:len(chunk)],
+      rows = decoder.triples(probs[:len(chunk)], pairs_lib.dense_pair_mask(batch)[:len(chunk)],
                              decoder.type_ids(types, probs.shape[1]))
       for i, triples in zip(chunk, rows):
         out[i] = triples

@@ -16,6 +16,7 @@ from glidre_jax import sharding
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import batching
 from glidre_jax.data.featurize import Buckets
+from glidre_jax.model import glidre
 
 
 def predict_batches(predict: Callable[[dict], np.ndarray], features: Sequence[dict],
@@ -55,7 +56,8 @@ class Predictor:
       return self._label_jit(params, rest, sharding.replicate(dict(label_batch), self.mesh))
 
   def predict_step(self, params, rest, batch, label_vectors=None) -> np.ndarray:
-    """Probabilities [B, E, E, K] of a numpy batch, as numpy."""
+    """Probabilities [B, E, E, K] of a numpy batch, as numpy (0 on pairs
+    that are not scored)."""
     fields = {k: batch[k] for k in batch_lib.DOC_FIELDS + batch_lib.LABEL_FIELDS if k in batch}
     extra = {k: v for k, v in batch.items() if k not in fields and k != "meta"}
     with jax.set_mesh(self.mesh):
@@ -76,5 +78,7 @@ class Predictor:
     if output.threshold_logits is not None:
       # Adaptive threshold: a relation holds when its logit beats the pair's
       # threshold logit, i.e. when this score is above 0.5.
-      return jax.nn.sigmoid(output.logits - output.threshold_logits[..., None])
-    return jax.nn.sigmoid(output.logits)
+      probs = jax.nn.sigmoid(output.logits - output.threshold_logits[..., None])
+    else:
+      probs = jax.nn.sigmoid(output.logits)
+    return glidre.dense(probs, batch)  # the decoders' [B, E, E, K] view

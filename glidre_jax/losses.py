@@ -1,8 +1,10 @@
-"""Relation losses on [B, E, E, K] logits, all masked (spec §2).
+"""Relation losses on [..., K] logits of pairs, all masked (spec §2).
 
-`valid` is the [B, E, E] mask of real candidate pairs (pair mask × real
-entities × real documents); `label_mask` [K] masks padded labels. Reduction
-is a sum over valid (pair, label) cells (the reference's), or a mean.
+The model's pairs are packed ([S, P, K], `glidre_jax.data.pairs`); `valid`
+([S, P]) marks the real ones (padding pairs count for nothing, also in the
+gradient); `label_mask` [K] masks padded labels. The cell losses work on any
+leading pair axes. Reduction is a sum over valid (pair, label) cells (the
+reference's), or a mean.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def focal_loss(logits, labels, valid, label_mask, alpha: float = 0.8,
 def adaptive_threshold_loss(logits, threshold_logits, labels, valid, label_mask,
                             reduction: str = "sum"):
   """ATLOP: positives must beat the threshold class, the threshold must beat
-  every negative. `threshold_logits` is [B, E, E]."""
+  every negative. `threshold_logits` has the pair axes of `logits` ([S, P])."""
   neg_inf = jnp.finfo(jnp.float32).min
   labels = labels.astype(jnp.float32) * label_mask.astype(jnp.float32)
   real = label_mask.astype(bool)
@@ -73,17 +75,17 @@ def adaptive_threshold_loss(logits, threshold_logits, labels, valid, label_mask,
 
 
 def valid_pairs(batch) -> jax.Array:
-  """[B, E, E] mask of pairs that count: candidate, both entities real, real doc."""
-  entity = batch["entity_mask"].astype(bool)
-  return (batch["pair_mask"].astype(bool) & entity[:, :, None] & entity[:, None, :]
-          & batch["doc_mask"].astype(bool)[:, None, None])
+  """[S, P] mask of the packed pairs that count: only real candidate pairs
+  of real entities and documents are packed (data/pairs.py), the rest is
+  padding."""
+  return batch["pair_mask"].astype(bool)
 
 
 def relation_loss(output, batch, kind: str = "focal", alpha: float = 0.8,
                   gamma: float = 3.0, reduction: str = "sum") -> jax.Array:
   """Dispatches on `kind` (one of LOSSES) for a `GLiDREOutput` and a batch."""
   valid = valid_pairs(batch)
-  args = (batch["labels"], valid, batch["label_mask"])
+  args = (batch["pair_labels"], valid, batch["label_mask"])
   if kind == "focal":
     return focal_loss(output.logits, *args, alpha=alpha, gamma=gamma,
                       reduction=reduction)

@@ -26,6 +26,7 @@ from absl import app, flags
 from glidre_jax import (checkpointing, cli, cli_config, distributed, evaluate, metrics, run_dir,
                         sharding, shipped, trainer as trainer_lib)
 from glidre_jax.data import batch as batch_lib
+from glidre_jax.data import pairs as pairs_lib
 from glidre_jax.data import pipeline, registry
 
 log = logging.getLogger("glidre_jax.train")
@@ -91,6 +92,7 @@ def setup(config, workdir: pathlib.Path) -> Run:
            " (open: per-batch label sets)" if data.open_labels else "", d.eval_split,
            len(eval_docs), eval_data.schema.num_labels,
            _eval_note(config, eval_data is not data))
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   dataset = pipeline.build_dataset(
       train_source, tokenizer=data.tokenizer, label_tokenizer=data.label_tokenizer,
       label_names=data.schema.names, batch_size=d.batch_size, buckets=data.buckets,
@@ -98,8 +100,7 @@ def setup(config, workdir: pathlib.Path) -> Run:
       decode=data.decode, train=True, seed=d.shuffle_seed, sort_window=d.sort_window,
       subset_size=d.subset_size or None, subset_seed=d.subset_seed,
       pair_filter=data.pair_filter, open_labels=data.open_labels,
-      window_stride=d.window_stride)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+      window_stride=d.window_stride, pair_shards=pair_shards(mesh))
   trainer = trainer_lib.Trainer(run_dir.build_model(config), tc, mesh)
   evaluator = evaluate.Evaluator(trainer.predictor, eval_data, eval_docs,
                                  metrics.train_facts(train_docs, data.schema))
@@ -226,13 +227,20 @@ def _summary(run: Run, state, best, losses_logged, t_start: float) -> dict:
   return summary
 
 
-def abstract_batch(config, num_labels: int) -> dict:
-  """Shapes of a global batch in the largest bucket (for AOT compilation)."""
+def pair_shards(mesh) -> int:
+  """Pair shards of this process's batch: its devices along the 'data' axis."""
+  return max(mesh.shape[sharding.DATA] // jax.process_count(), 1)
+
+
+def abstract_batch(config, num_labels: int, shards: int = 1) -> dict:
+  """Shapes of a global batch in the largest bucket (for AOT compilation);
+  `shards` pair shards, each with its documents' every pair."""
   d = config.data
   b = d.batch_size * jax.process_count()
   l, w, e = max(d.seq_buckets), max(d.word_buckets), max(d.entity_buckets)
   k, t = num_labels, config.model.label_max_length
-  shapes = batch_lib.shapes(dict(B=b, L=l, W=w, E=e, K=k, T=t), labels=True)
+  p = pairs_lib.pick(d.pair_buckets, b // shards * e * e)
+  shapes = batch_lib.shapes(dict(B=b, L=l, W=w, E=e, K=k, T=t, S=shards, P=p), labels=True)
   return {name: jax.ShapeDtypeStruct(shape, batch_lib.dtype(name))
           for name, shape in shapes.items()}
 
@@ -243,7 +251,7 @@ def memory_report(config) -> str:
                 else registry.load_schema(config).num_labels)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   trainer = trainer_lib.Trainer(run_dir.build_model(config), config.train, mesh)
-  batch = abstract_batch(config, num_labels)
+  batch = abstract_batch(config, num_labels, mesh.shape[sharding.DATA])
   placed = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=(
       trainer.batch_sharding if len(v.shape) and k in batch_lib.DOC_FIELDS
       else sharding.named(mesh))) for k, v in batch.items()}
@@ -251,7 +259,7 @@ def memory_report(config) -> str:
   compiled = trainer.lower(trainer.initial_state, placed).compile()
   mem = compiled.memory_analysis()
   gib = lambda n: f"{n / 2**30:.2f} GiB"
-  shape = {k: v.shape for k, v in batch.items() if k in ("input_ids", "labels")}
+  shape = {k: v.shape for k, v in batch.items() if k in ("input_ids", "pair_labels")}
   lines = [f"train step, largest bucket {shape}, mesh {dict(mesh.shape)}, "
            f"compiled in {time.time() - t0:.1f} s; per device:"]
   if mem is None:

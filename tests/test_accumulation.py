@@ -23,9 +23,14 @@ def _changed(before: dict, after: dict) -> set[str]:
 
 
 def _concat(a: dict, b: dict) -> dict:
-  """Two collated batches as one (document fields stacked, labels shared)."""
+  """Two collated batches as one (document fields stacked, labels shared);
+  each one's packed pairs become a pair shard, padded to the longer one."""
   from glidre_jax.data import batch as batch_lib
-  return {k: (np.concatenate([a[k], b[k]]) if k in batch_lib.DOC_FIELDS else a[k]) for k in a}
+  p = max(a["pair_mask"].shape[1], b["pair_mask"].shape[1])
+  pad = lambda x: np.pad(x, [(0, 0), (0, p - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+  return {k: (np.concatenate([pad(a[k]), pad(b[k])]) if k in batch_lib.PAIR_FIELDS
+              else np.concatenate([a[k], b[k]]) if k in batch_lib.DOC_FIELDS else a[k])
+          for k in a}
 
 
 def _adam_moments(opt_state) -> list[np.ndarray]:

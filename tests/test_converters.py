@@ -24,12 +24,13 @@ from converters.import_official import import_glidre
 from converters.import_official import main as import_main
 from converters.torch_glidre import TorchGLiDRE
 from glidre_jax import encoders, keymap, weights
-from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data import featurize as featurize_lib, pairs
 from glidre_jax.data.readers import read_docred
 from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data.assets import asset_path
 from glidre_jax.data.tokenize import load_tokenizer
 from glidre_jax.model.config import GLiDREConfig
+from glidre_jax.model import glidre
 from glidre_jax.model.glidre import GLiDREModel, build_glidre
 
 TOL = 1e-4  # fp32 logits
@@ -54,7 +55,7 @@ def batch(minilm_dir, redocred_dev_path):
   feats = [featurize_lib.featurize(d, tok, index, n) for d, n in zip(docs, (128, 96, 64))]
   full = featurize_lib.collate(feats, featurize_lib.Buckets((128,), (128,), (32,)),
                                featurize_lib.label_batch(tok, list(schema.names)))
-  full.pop("labels")  # gold facts over all 96 names; the models never read them
+  full.pop("pair_labels")  # gold facts over all 96 names; the models never read them
   full.update(featurize_lib.label_batch(tok, list(schema.names)[:NUM_LABELS], num_labels=16))
   return full
 
@@ -74,7 +75,9 @@ def minilm_encoders(minilm_dir):
 
 @nnx.jit
 def _forward(model, batch):
-  return model(batch).logits  # one compilation beats eager op-by-op dispatch here
+  # One compilation beats eager op-by-op dispatch here; the packed pairs'
+  # dense view compares with the oracle's every-pair logits.
+  return glidre.dense(model(batch).logits, batch)
 
 
 @nnx.jit
@@ -85,7 +88,7 @@ def _encode(encoder, ids, mask):
 @nnx.jit
 def _forward_with_threshold(model, batch):
   out = model(batch)
-  return out.logits, out.threshold_logits
+  return glidre.dense(out.logits, batch), glidre.dense(out.threshold_logits, batch)
 
 
 def _jax_logits(model, batch) -> np.ndarray:
@@ -100,7 +103,7 @@ def _torch_logits(model: TorchGLiDRE, batch) -> np.ndarray:
 
 def _max_delta(a: np.ndarray, b: np.ndarray, batch) -> float:
   """max |a - b| over real documents' candidate pairs and real labels."""
-  keep = (batch["pair_mask"][..., None] * batch["label_mask"]).astype(bool)
+  keep = (pairs.dense_pair_mask(batch)[..., None] * batch["label_mask"]).astype(bool)
   keep &= batch["doc_mask"].astype(bool)[:, None, None, None]
   return float(np.abs(a - b)[keep].max())
 
@@ -315,8 +318,8 @@ def _threshold_delta(ours, oracle, batch) -> tuple[float, float]:
       ours, {k: jnp.asarray(v) for k, v in batch.items()}))
   with torch.no_grad():
     logits, th = (x.numpy() for x in oracle.eval()(batch, with_threshold=True))
-  pairs = (batch["pair_mask"] * batch["doc_mask"][:, None, None]).astype(bool)
-  return _max_delta(model_logits, logits, batch), float(np.abs(model_th - th)[pairs].max())
+  scored = pairs.dense_pair_mask(batch) & batch["doc_mask"].astype(bool)[:, None, None]
+  return _max_delta(model_logits, logits, batch), float(np.abs(model_th - th)[scored].max())
 
 
 def test_adaptive_threshold_export_round_trip_and_parity(tiny_dirs, batch, tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from glidre_jax.data import batch as batch_lib
+from glidre_jax.data import pairs
 from glidre_jax.data.assets import asset_path
 from glidre_jax.data.documents import Document, Entity, Mention, Relation
 from glidre_jax.data.featurize import (Buckets, cdr_pair_filter, collate, featurize, label_batch,
@@ -103,7 +104,10 @@ def test_collate_pads_to_bucket_shapes(tok, schema, dev_docs):
   assert out["input_ids"].shape == (6, L) and out["attention_mask"].shape == (6, L)
   assert out["word_index"].shape == out["word_mask"].shape == (6, W)
   assert out["entity_word_weights"].shape == (6, E, W) and out["entity_word_weights"].dtype == np.float32
-  assert out["pair_mask"].shape == (6, E, E) and out["labels"].shape == (6, E, E, 100)
+  n_pairs = sum(int(f["pair_mask"].sum()) for f in feats)  # packed: one shard
+  P = out["pair_mask"].shape[1]
+  assert P == min(p for p in buckets.pairs if p >= n_pairs)
+  assert out["pair_labels"].shape == (1, P, 100) and out["pair_mask"].sum() == n_pairs
   assert out["label_input_ids"].shape == (100, 16) and out["label_mask"].sum() == 96
   assert out["doc_mask"].tolist() == [1, 1, 1, 0, 0, 0]
   for name, arr in out.items():
@@ -113,10 +117,16 @@ def test_collate_pads_to_bucket_shapes(tok, schema, dev_docs):
     n = len(f["input_ids"])
     assert out["attention_mask"][i].sum() == n and (out["input_ids"][i, n:] == 0).all()
     assert out["word_mask"][i].sum() == len(f["word_index"])
-    np.testing.assert_array_equal(out["labels"][i, :len(f["entity_mask"]), :len(f["entity_mask"]),
-                                                :96], f["labels"])
-  for name in batch_lib.DOC_FIELDS:
+    n = len(f["entity_mask"])
+    dense = pairs.dense(out["pair_labels"], out)
+    np.testing.assert_array_equal(dense[i, :n, :n, :96], f["labels"])
+    np.testing.assert_array_equal(pairs.dense_pair_mask(out)[i, :n, :n], f["pair_mask"] > 0)
+  for name in set(batch_lib.DOC_FIELDS) - set(batch_lib.PAIR_FIELDS):
     assert not out[name][3:].any(), name  # padding documents are all zero
+  real = out["pair_mask"] > 0  # ... and have no pairs; padding pairs are all zero
+  assert (out["pair_doc"][real] < 3).all() and real[0, :n_pairs].all()
+  for name in batch_lib.PAIR_FIELDS:
+    assert not out[name][~real].any(), name
 
 
 def test_cdr_pair_filter(tok):

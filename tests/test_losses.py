@@ -90,9 +90,15 @@ def test_padding_does_not_change_loss(kind):
   b, e, _, k = logits.shape
 
   def batch_of(logits, labels, valid, label_mask, th, entity_mask, doc_mask):
-    return (GLiDREOutput(jnp.asarray(logits), jnp.asarray(th)),
-            dict(labels=labels, pair_mask=valid, label_mask=label_mask,
-                 entity_mask=entity_mask, doc_mask=doc_mask))
+    """The model's packed layout: the real pairs (valid, real entities, real
+    documents) first, then padding pairs holding the junk of the rest."""
+    real = (valid & entity_mask.astype(bool)[:, :, None] & entity_mask.astype(bool)[:, None, :]
+            & doc_mask.astype(bool)[:, None, None])
+    order = np.concatenate([np.flatnonzero(real), np.flatnonzero(~real)])
+    flat = lambda x: x.reshape((1, -1) + x.shape[3:])[:, order]
+    return (GLiDREOutput(jnp.asarray(flat(logits)), jnp.asarray(flat(th))),
+            dict(pair_labels=flat(labels), pair_mask=flat(real.astype(np.int32)),
+                 label_mask=label_mask))
 
   base = losses.relation_loss(*batch_of(logits, labels, valid, label_mask, th,
                                         np.ones((b, e)), np.ones(b)), kind)
@@ -119,5 +125,4 @@ def test_unknown_loss_is_an_error():
   logits, labels, valid, label_mask = _case()
   with pytest.raises(ValueError, match="unknown loss 'focall'"):
     losses.relation_loss(GLiDREOutput(logits, None), dict(
-        labels=labels, pair_mask=valid, label_mask=label_mask,
-        entity_mask=np.ones(valid.shape[:2]), doc_mask=np.ones(2)), "focall")
+        pair_labels=labels, pair_mask=valid, label_mask=label_mask), "focall")

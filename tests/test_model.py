@@ -3,13 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glidre_jax.data import assets, featurize as featurize_lib
+from glidre_jax.data import assets, featurize as featurize_lib, pairs
 from glidre_jax.data.readers import read_docred
 from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data.tokenize import load_tokenizer, minilm_path
 from glidre_jax.encoders import load_encoder
 from glidre_jax.model.config import GLiDREConfig
-from glidre_jax.model.glidre import GLiDREModel, EntityContext, RelRep, pool_entities
+from glidre_jax.model.glidre import GLiDREModel, EntityContext, RelRep, dense, pool_entities
 
 
 def test_mean_pooling_and_entity_attention_match_loops():
@@ -35,23 +35,24 @@ def test_mean_pooling_and_entity_attention_match_loops():
 def test_pair_vectors_match_the_atlop_formula(lop):
   from flax import nnx
   r = np.random.RandomState(1)
-  e, w, d = 3, 7, 8
+  e, w, d, b = 3, 7, 8, 2  # two documents in one pair shard: pairs of both
   rel = RelRep(GLiDREConfig(hidden_size=d, lop=lop, dropout=0.0), dtype=jnp.float32,
                rngs=nnx.Rngs(0))
-  ent_att = r.rand(1, e, w).astype(np.float32)
-  words, ents = r.randn(1, w, d).astype(np.float32), r.randn(1, e, d).astype(np.float32)
+  ent_att = r.rand(b, e, w).astype(np.float32)
+  words, ents = r.randn(b, w, d).astype(np.float32), r.randn(b, e, d).astype(np.float32)
   ctx = EntityContext(jnp.asarray(words), jnp.asarray(ents), jnp.asarray(ent_att))
-  heads, tails = np.repeat(np.arange(e), e), np.tile(np.arange(e), e)
-  got = np.asarray(rel(ctx, jnp.asarray(heads), jnp.asarray(tails)))
-  for p, (h, t) in enumerate(zip(heads, tails)):
+  docs = np.repeat(np.arange(b), e * e)
+  heads, tails = np.tile(np.repeat(np.arange(e), e), b), np.tile(np.arange(e), e * b)
+  got = np.asarray(rel(ctx.by_shard(1), *(jnp.asarray(x)[None] for x in (docs, heads, tails))))
+  for p, (i, h, t) in enumerate(zip(docs, heads, tails)):
     if lop:
-      alpha = ent_att[0, h] * ent_att[0, t]
+      alpha = ent_att[i, h] * ent_att[i, t]
       alpha = alpha / (alpha.sum() + 1e-5)
-      c = (alpha[:, None] * words[0]).sum(0)
-      head = np.tanh(rel.head_extractor(jnp.concatenate([ents[0, h], c])))
-      tail = np.tanh(rel.tail_extractor(jnp.concatenate([ents[0, t], c])))
+      c = (alpha[:, None] * words[i]).sum(0)
+      head = np.tanh(rel.head_extractor(jnp.concatenate([ents[i, h], c])))
+      tail = np.tanh(rel.tail_extractor(jnp.concatenate([ents[i, t], c])))
     else:
-      head, tail = ents[0, h], ents[0, t]
+      head, tail = ents[i, h], ents[i, t]
     expected = rel.projection(jnp.concatenate([head, tail]))
     np.testing.assert_allclose(got[0, p], expected, atol=1e-5)
 
@@ -76,15 +77,20 @@ def test_scores_do_not_depend_on_batch_or_padding(docs_and_features, cfg):
   feats = [dict(f, labels=f["labels"][..., :12]) for f in feats]
   model = GLiDREModel(cfg, load_encoder(minilm_path()), load_encoder(minilm_path()))
   model.eval()
-  big = featurize_lib.Buckets(seq_len=(512,), words=(512,), entities=(48,))
-  batched = model(featurize_lib.collate(feats, big, labels, batch_size=4))
+  big = featurize_lib.Buckets(seq_len=(512,), words=(512,), entities=(48,), pairs=(4096,))
+  batch = featurize_lib.collate(feats, big, labels, batch_size=4, pair_shards=2)
+  out = model(batch)
+  batched = (dense(out.logits, batch), out.threshold_logits is not None
+             and dense(out.threshold_logits, batch))
   for i, f in enumerate(feats):
     n = len(f["entity_mask"])
-    alone = model(featurize_lib.collate([f], featurize_lib.Buckets(), labels))
-    np.testing.assert_allclose(batched.logits[i, :n, :n], alone.logits[0, :n, :n], atol=1e-4)
+    single = featurize_lib.collate([f], featurize_lib.Buckets(), labels)
+    out = model(single)
+    alone = (dense(out.logits, single), out.threshold_logits is not None
+             and dense(out.threshold_logits, single))
+    np.testing.assert_allclose(batched[0][i, :n, :n], alone[0][0, :n, :n], atol=1e-4)
     if cfg.adaptive_threshold:
-      np.testing.assert_allclose(batched.threshold_logits[i, :n, :n],
-                                 alone.threshold_logits[0, :n, :n], atol=1e-4)
+      np.testing.assert_allclose(batched[1][i, :n, :n], alone[1][0, :n, :n], atol=1e-4)
 
 
 @pytest.mark.parametrize("cfg", [GLiDREConfig(hidden_size=256, dropout=0.0),
@@ -181,9 +187,11 @@ def test_threshold_layer_is_the_official_mlp():
                       jnp.asarray(r.rand(1, e, w).astype(np.float32)))
   labels = jnp.asarray(r.randn(k, d).astype(np.float32))
   label_mask = jnp.asarray([1, 1, 1, 0])
-  pairs = jnp.arange(e * e)
-  out = model.score_pairs(ctx, pairs, labels, label_mask=label_mask)
-  rel = np.asarray(model.span_rep_layer(ctx, pairs // e, pairs % e))[0]
+  ctx = ctx.by_shard(1)
+  pairs = (jnp.zeros((1, e * e), jnp.int32), jnp.arange(e * e)[None] // e,
+           jnp.arange(e * e)[None] % e)
+  out = model.score_pairs(ctx, *pairs, labels, label_mask=label_mask)
+  rel = np.asarray(model.span_rep_layer(ctx, *pairs))[0]
   mean = np.asarray(labels)[:3].mean(0)
   kernel_in, bias_in = np.asarray(layer.dense_in.kernel[...]), np.asarray(layer.dense_in.bias[...])
   kernel_out, bias_out = np.asarray(layer.dense_out.kernel[...]), np.asarray(layer.dense_out.bias[...])
@@ -192,7 +200,7 @@ def test_threshold_layer_is_the_official_mlp():
     np.testing.assert_allclose(out.threshold_logits[0, p], (hidden @ kernel_out + bias_out)[0],
                                atol=1e-5)
   padded_junk = labels.at[3].set(100.0)  # the padded label's vector never matters
-  again = model.score_pairs(ctx, pairs, padded_junk, label_mask=label_mask)
+  again = model.score_pairs(ctx, *pairs, padded_junk, label_mask=label_mask)
   np.testing.assert_allclose(again.threshold_logits, out.threshold_logits, atol=1e-6)
 
 
@@ -212,10 +220,10 @@ def test_predict_step_decodes_against_the_threshold_logit(docs_and_features):
   out = model(batch)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   probs = inference.Predictor(graphdef).predict_step(nnx.as_pure(params), nnx.as_pure(rest), batch)
-  logits, th = np.asarray(out.logits), np.asarray(out.threshold_logits)
-  expected = 1 / (1 + np.exp(-(logits - th[..., None])))
+  logits, th = (np.asarray(dense(x, batch)) for x in (out.logits, out.threshold_logits))
+  valid = pairs.dense_pair_mask(batch)
+  expected = 1 / (1 + np.exp(-(logits - th[..., None]))) * valid[..., None]  # 0 off the pairs
   np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
-  valid = batch["pair_mask"].astype(bool)
   np.testing.assert_array_equal((probs > 0.5)[valid], (logits > th[..., None])[valid])
   # The threshold shifts the decision: plain σ(logit) would decide otherwise.
   assert ((probs > 0.5) != (logits > 0))[valid].any()

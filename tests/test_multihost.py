@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import batching, windows
 from glidre_jax.data.featurize import Buckets
 from glidre_jax.data.pipeline import build_dataset, make_iterator
@@ -45,18 +46,23 @@ def test_every_process_builds_the_shapes_of_the_global_batch(tok, schema, dev_do
   buckets = Buckets((128, 256, 512), (64, 128, 256, 512), (16, 32, 48))
   kw = dict(tokenizer=tok, label_names=schema.names, buckets=buckets, max_length=max_length,
             train=True, seed=0, sort_window=4, num_epochs=1, window_stride=stride)
-  run = lambda b, p, n: list(make_iterator(build_dataset(docs, batch_size=b, shard_index=p,
-                                                         num_shards=n, **kw), num_threads=1))
-  single, halves = run(4, 0, 1), [run(2, p, 2) for p in range(2)]
+  # One process with two data devices packs two pair shards; each of two
+  # processes packs its own (one shard each): the same global pair arrays.
+  run = lambda b, p, n, s: list(make_iterator(build_dataset(
+      docs, batch_size=b, shard_index=p, num_shards=n, pair_shards=s, **kw), num_threads=1))
+  single, halves = run(4, 0, 1, 2), [run(2, p, 2, 1) for p in range(2)]
   assert len(single) == len(halves[0]) == len(halves[1]) == 12
   differ = 0
+  pair_fields = set(batch_lib.PAIR_FIELDS)
   for whole, a, b in zip(single, *halves):
     assert _shapes(a) == _shapes(b), (_shapes(a), _shapes(b))
     assert {k: (4,) + v[1:] for k, v in _shapes(a).items() if v and v[0] == 2} == {
         k: v for k, v in _shapes(whole).items() if v and v[0] == 4}
+    assert {k: (2,) + v[1:] for k, v in _shapes(a).items() if k in pair_fields} == {
+        k: v for k, v in _shapes(whole).items() if k in pair_fields}
     assert list(a["meta"]["doc_index"]) + list(b["meta"]["doc_index"]) == list(
         whole["meta"]["doc_index"])
-    for name in ("input_ids", "labels", "entity_word_weights"):
+    for name in ("input_ids", "entity_word_weights") + batch_lib.PAIR_FIELDS:
       np.testing.assert_array_equal(np.concatenate([a[name], b[name]]), whole[name])
     local = [_local_bucket(h, docs, tok, schema, buckets, max_length, stride) for h in (a, b)]
     differ += local[0] != local[1]

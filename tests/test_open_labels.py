@@ -9,7 +9,7 @@ import pytest
 
 from configs import custom
 from glidre_jax import evaluate
-from glidre_jax.data import registry
+from glidre_jax.data import pairs, registry
 from glidre_jax.data import local_files, open_labels, readers
 from glidre_jax.data.assets import asset_path
 from glidre_jax.data.featurize import Buckets
@@ -68,14 +68,14 @@ def test_open_label_batches_carry_their_documents_facts(tok):
   for batch in batches:
     names = batch["meta"]["label_names"]
     k = batch["label_mask"].shape[0]
-    assert k in (4, 8, 16) and batch["labels"].shape[-1] == k
+    assert k in (4, 8, 16) and batch["pair_labels"].shape[-1] == k
     assert batch["label_input_ids"].shape[0] == k
     label_sets.add(names)
     gold = set()
     for row, index in enumerate(batch["meta"]["doc_index"]):
       for rel in docs[index].relations:
         gold.add((row, rel.head, names.index(rel.label), rel.tail))
-    found = {(b, h, k, t) for b, h, t, k in np.argwhere(batch["labels"])}
+    found = {(b, h, k, t) for b, h, t, k in np.argwhere(pairs.dense(batch["pair_labels"], batch))}
     assert found == gold  # every fact, in its name's column, and nothing else
     own = {n for i in batch["meta"]["doc_index"] for r in docs[i].relations for n in [r.label]}
     assert own <= set(names) and int(batch["label_mask"].sum()) == len(names)

@@ -181,7 +181,7 @@ def test_windowed_training_batches_keep_every_fact(tok, schema, dev_docs):
   assert windowed["input_ids"].ndim == 3 and windowed["input_ids"].shape[2] == 128
   assert windowed["window_word_mask"].shape[:2] == windowed["input_ids"].shape[:2]
   gold = sum(len(docs[i].relations) for i in windowed["meta"]["doc_index"])
-  assert windowed["labels"].sum() == gold and windowed["meta"]["masked_labels"] == 0
+  assert windowed["pair_labels"].sum() == gold and windowed["meta"]["masked_labels"] == 0
   truncated = next(make_iterator(_ds(docs, tok, schema, **kw), num_threads=1))
   assert truncated["input_ids"].ndim == 2 and truncated["meta"]["masked_labels"] > 0
   placed = to_device(windowed, jax.sharding.SingleDeviceSharding(jax.devices()[0]))

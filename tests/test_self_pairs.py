@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import default
 from glidre_jax import evaluate, inference, losses, run_dir
-from glidre_jax.data import registry
+from glidre_jax.data import pairs, registry
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data import pipeline
@@ -62,15 +62,16 @@ def test_training_loss_follows_the_rule(self_pairs, docs, tok, schema):
                                  max_length=d.max_length, train=True,
                                  pair_filter=data.pair_filter)[0]
   real = batch["entity_mask"].astype(bool)
-  diagonal = np.diagonal(batch["pair_mask"], axis1=1, axis2=2)
+  scored = pairs.dense_pair_mask(batch)
+  diagonal = np.diagonal(scored, axis1=1, axis2=2)
   assert (diagonal[real] == self_pairs).all()
-  off_diagonal = batch["pair_mask"] * ~np.eye(batch["pair_mask"].shape[1], dtype=bool)
+  off_diagonal = scored * ~np.eye(scored.shape[1], dtype=bool)
   assert off_diagonal.sum() == sum(int(real[b].sum()) ** 2 - int(real[b].sum())
                                    for b in range(len(real)))
-  logits = np.random.RandomState(0).randn(*batch["labels"].shape).astype(np.float32)
+  logits = np.random.RandomState(0).randn(*batch["pair_labels"].shape).astype(np.float32)
   bumped = logits.copy()
-  e = logits.shape[1]
-  bumped[:, np.arange(e), np.arange(e)] += 5.0  # only the self pairs change
+  # Only the self pairs change (padding pairs are (0, 0) too: real ones only).
+  bumped[(batch["pair_head"] == batch["pair_tail"]) & (batch["pair_mask"] > 0)] += 5.0
   loss = lambda x: float(losses.relation_loss(GLiDREOutput(jnp.asarray(x), None), batch))
   assert (loss(bumped) != loss(logits)) == self_pairs
 

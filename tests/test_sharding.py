@@ -36,7 +36,8 @@ def test_train_step_on_2x2_mesh_matches_one_device():
   print(result)
   assert abs(result["loss_1"] - result["loss_4"]) <= 1e-5 * max(1.0, abs(result["loss_1"]))
   assert result["param_delta"] <= 1e-5
-  # [B=4, P=16, K=5] logits: batch over 'data' (2), pairs over 'model' (2).
+  # [S=2, P=32, K=5] packed logits (2 shards of 2 documents × 16 pairs):
+  # shards over 'data' (2), pairs over 'model' (2).
   assert result["logits_spec"] == "P('data', 'model')"
-  assert result["logits_shard_shape"] == [2, 8, 5]
+  assert result["logits_shard_shape"] == [1, 16, 5]
   assert result["hlo_has_sharding"]

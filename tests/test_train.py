@@ -25,6 +25,7 @@ def small_config(tmp_path, steps=4):
   c.data.eval_split = "dev[400:402]"
   c.data.max_length = 128
   c.data.seq_buckets, c.data.word_buckets, c.data.entity_buckets = (128,), (128,), (48,)
+  c.data.pair_buckets = (1024,)  # <= 684 real pairs per batch of 2 at 128 subwords
   c.data.batch_size = 2
   c.data.eval_batch_size = 2
   c.train.steps = steps

@@ -20,7 +20,7 @@ import numpy as np
 from glidre_jax import run_dir, sharding, shipped, trainer as trainer_lib
 from glidre_jax.bench import common
 from glidre_jax.data.relations import RelationSchema
-from glidre_jax.data import assets
+from glidre_jax.data import assets, pairs
 from glidre_jax.data.featurize import label_batch
 from glidre_jax.data.tokenize import load_tokenizer, minilm_path
 
@@ -39,8 +39,8 @@ def synthetic_batch(num_entities: int, seq_len: int, rng: np.random.Generator, l
   return {"input_ids": ids, "attention_mask": np.ones_like(ids),
           "word_index": np.arange(1, WORDS + 1, dtype=np.int32)[None],
           "word_mask": np.ones((1, WORDS), np.int32), "entity_word_weights": weights,
-          "entity_mask": np.ones((1, e), np.int32), "pair_mask": np.ones((1, e, e), np.int32),
-          "labels": gold, "doc_mask": np.ones((1,), np.int32), **labels}
+          "entity_mask": np.ones((1, e), np.int32), **pairs.from_dense(np.ones((1, e, e)), gold),
+          "doc_mask": np.ones((1,), np.int32), **labels}
 
 
 def measure(num_entities: int, chunk: int, train: bool, repeats: int) -> dict:

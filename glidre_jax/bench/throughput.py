@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from glidre_jax import run_dir, sharding, shipped, trainer as trainer_lib
-from glidre_jax.data import registry
+from glidre_jax.data import pairs, registry
 from glidre_jax.bench import common
 from glidre_jax.data.featurize import collate, feature_shape
 from glidre_jax.train import peak_rss_mb
@@ -65,8 +65,17 @@ def train_batches(feats, batch_size: int, count: int, data, labels: dict, seed: 
   rng = np.random.default_rng(seed)
   epochs = -(-count * batch_size // len(feats))
   order = np.concatenate([rng.permutation(len(feats)) for _ in range(epochs)])
-  return [collate([feats[i] for i in order[k * batch_size:(k + 1) * batch_size]],
-                  data.buckets, labels, batch_size) for k in range(count)]
+  return one_shape([[feats[i] for i in order[k * batch_size:(k + 1) * batch_size]]
+                    for k in range(count)], data, labels, batch_size)
+
+
+def one_shape(chunks, data, labels: dict, batch_size: int) -> list[dict]:
+  """The chunks collated to one shape (one compilation): the largest pair
+  bucket any of them needs (data.pairs), the bucket's (L, W, E)."""
+  need = tuple(int(n) for n in np.max([feature_shape(f) for c in chunks for f in c], axis=0))
+  need += (max(pairs.shard_need([pairs.num_pairs(f) for f in c], batch_size, 1)
+               for c in chunks),)
+  return [collate(c, data.buckets, labels, batch_size, need=need) for c in chunks]
 
 
 def measure_train(trainer, state, batches: list[dict]) -> tuple[dict, object]:
@@ -177,7 +186,7 @@ def main(argv=None):
     train_row, state = measure_train(trainer, state, train_batches(feats, b, steps + 1, data,
                                                                    labels))
     chunks = [feats[s:s + b] for s in range(0, min(infer_docs, len(feats)), b)]
-    batches = [collate(c, data.buckets, labels, b) for c in chunks]
+    batches = one_shape(chunks, data, labels, b)
     row.update(train_row, **measure_inference(trainer, state, data, batches, passes),
                peak_rss_mb=peak_rss_mb(), load_avg_1m=os.getloadavg()[0])
     rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})

@@ -13,12 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from glidre_jax.data import batch as batch_lib
+from glidre_jax.data import pairs as pairs_lib
 from glidre_jax.data.documents import Document
 from glidre_jax.data.readers import CDR_ORIENTATION
 from glidre_jax.data.tokenize import encode_labels, tokenize_words
 
 # Features copied into the padded batch arrays (each must fit its bucket).
-_PADDED = ("input_ids", "word_index", "entity_word_weights", "pair_mask", "labels")
+_PADDED = ("input_ids", "word_index", "entity_word_weights")
 # Per-document counters carried next to the arrays (host-side bookkeeping).
 STAT_KEYS = ("num_words", "dropped_words", "empty_words", "dropped_mentions",
              "dropped_entities", "masked_labels")
@@ -30,6 +31,8 @@ class Buckets:
   seq_len: tuple[int, ...] = (128, 256, 512)
   words: tuple[int, ...] = (64, 128, 256, 512)
   entities: tuple[int, ...] = (16, 32, 64)
+  # Packed pairs per shard (data/pairs.py; configs choose theirs from data).
+  pairs: tuple[int, ...] = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -40,12 +43,14 @@ class Buckets:
 
   @classmethod
   def from_config(cls, data_cfg) -> Buckets:
-    """A run config's buckets (data.seq_buckets, word_buckets, entity_buckets)."""
+    """A run config's buckets (data.seq_buckets, word_buckets, entity_buckets,
+    pair_buckets)."""
     return cls(tuple(data_cfg.seq_buckets), tuple(data_cfg.word_buckets),
-               tuple(data_cfg.entity_buckets))
+               tuple(data_cfg.entity_buckets), tuple(data_cfg.pair_buckets))
 
   @property
   def num_combinations(self) -> int:
+    """(L, W, E) shapes; each comes with up to len(pairs) pair counts P."""
     return len(self.seq_len) * len(self.words) * len(self.entities)
 
   def grown(self, *, words: int = 0, entities: int = 0) -> Buckets:
@@ -210,37 +215,47 @@ def size_sorted_batches(features: Sequence[Mapping], batch_size: int,
 
 def collate(features: Sequence[Mapping | None], buckets: Buckets,
             label_batch: Mapping[str, np.ndarray], batch_size: int | None = None, *,
-            need: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
-  """Pad documents to the bucket of the largest member; B padded to batch_size.
+            need: tuple[int, int, int, int] | None = None,
+            pair_shards: int = 1) -> dict[str, np.ndarray]:
+  """Pad documents to the bucket of the largest member; B padded to batch_size;
+  the real pairs packed per shard (`pair_shards` of B/pair_shards rows each)
+  and padded to the pair bucket of the fullest shard.
 
-  `need`: (subwords, words, entities) the bucket must hold instead, e.g. those
-  of a whole global batch when `features` are one process's rows of it.
-  `None` entries (and the rows added up to batch_size) are padding documents:
-  all zeros, doc_mask 0. Returns exactly batch.DOC_FIELDS + LABEL_FIELDS.
+  `need`: (subwords, words, entities, pairs per shard) the buckets must hold
+  instead, e.g. those of a whole global batch when `features` are one
+  process's rows of it. `None` entries (and the rows added up to batch_size)
+  are padding documents: all zeros, doc_mask 0. Returns exactly
+  batch.DOC_FIELDS + LABEL_FIELDS.
   """
   b = len(features) if batch_size is None else batch_size
   if b < len(features):
     raise ValueError(f"{len(features)} documents for batch_size {batch_size}")
   real = [f for f in features if f is not None]
   if need is not None:
-    shape = buckets.pick(*need, title="<global batch>")
-  elif real:
-    dims = np.asarray([feature_shape(f) for f in real])
-    big = np.argmax(dims, axis=0)
-    shape = tuple(_smallest(getattr(buckets, dim), int(dims[big[i], i]), dim, real[big[i]]["title"])
-                  for i, dim in enumerate(("seq_len", "words", "entities")))
+    shape, pair_need = buckets.pick(*need[:3], title="<global batch>"), need[3]
   else:
-    shape = (buckets.seq_len[0], buckets.words[0], buckets.entities[0])
+    pair_need = pairs_lib.shard_need([0 if f is None else pairs_lib.num_pairs(f)
+                                      for f in features], b, pair_shards)
+    if real:
+      dims = np.asarray([feature_shape(f) for f in real])
+      big = np.argmax(dims, axis=0)
+      shape = tuple(_smallest(getattr(buckets, dim), int(dims[big[i], i]), dim,
+                              real[big[i]]["title"])
+                    for i, dim in enumerate(("seq_len", "words", "entities")))
+    else:
+      shape = (buckets.seq_len[0], buckets.words[0], buckets.entities[0])
   seq, words, ents = shape
   k = int(np.shape(label_batch["label_mask"])[0])
 
-  out = batch_lib.zeros(dict(B=b, L=seq, W=words, E=ents, K=k))
+  out = batch_lib.zeros(dict(B=b, L=seq, W=words, E=ents, K=k, S=pair_shards,
+                             P=pairs_lib.pick(buckets.pairs, pair_need)))
   put_label_fields(out, label_batch)
   for i, f in enumerate(features):  # per document of the batch, host side
     if f is None:
       continue
     place_document(out, i, f, _PADDED, num_words=feature_shape(f)[1])
     out["attention_mask"][i, :len(f["input_ids"])] = 1
+  pairs_lib.pack(out, features, pair_shards, out["pair_mask"].shape[1])
   return out
 
 
@@ -249,7 +264,7 @@ def place_document(out: dict, row: int, feat: Mapping, fields: Sequence[str], *,
   """Copies one document's `fields` into row `row` of a padded batch `out`
   (its arrays already allocated) and sets its word, entity and document masks
   (`num_words` words, of which those with feat["word_mask"] 0 have no subword)."""
-  k = out["labels"].shape[-1]
+  k = out["pair_labels"].shape[-1]
   if feat["labels"].shape[-1] > k:
     raise ValueError(f"document {feat['title']!r} has {feat['labels'].shape[-1]} label "
                      f"columns, the label batch only {k}")

@@ -6,7 +6,8 @@ epoch), each process takes its own shard of it, and training shuffles with a
 fresh permutation per epoch (grain reseeds `shuffle` under `repeat`). Batches
 are padded to the bucket of their largest member — in training, the largest
 member of the whole *global* batch, so every process builds the same shapes —
-and at most `buckets.num_combinations` batch shapes exist. Iterators are grain
+and at most `buckets.num_combinations` (L, W, E) batch shapes exist, each
+with the pair counts of `buckets.pairs`. Iterators are grain
 `DatasetIterator`s: `get_state()` / `set_state()` resume exactly.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import open_labels as open_labels_lib
+from glidre_jax.data import pairs as pairs_lib
 from glidre_jax.data import batching, windows
 from glidre_jax.data.documents import Document
 from glidre_jax.data.featurize import (Buckets, PairFilter, batch_stats, collate, feature_shape,
@@ -128,15 +130,15 @@ class ProcessSlice(Sequence):
     return self.order[(batch * self.shards + self.shard) * self.batch_size + row]
 
 
-def _planned_shape(feat: Mapping, buckets: Buckets) -> tuple[bool, tuple[int, int, int]]:
-  """(windowed?, (subwords or windows, words, entities)) of one document's
-  features; a single-pass document too large for every bucket fails here,
-  before training starts, naming it."""
+def _planned_shape(feat: Mapping, buckets: Buckets) -> tuple[bool, tuple[int, int, int], int]:
+  """(windowed?, (subwords or windows, words, entities), pairs) of one
+  document's features; a single-pass document too large for every bucket
+  fails here, before training starts, naming it."""
   if windows.is_windowed(feat):
-    return True, windows.window_shape(feat)
+    return True, windows.window_shape(feat), pairs_lib.num_pairs(feat)
   shape = feature_shape(feat)
   buckets.pick(*shape, title=feat["title"])
-  return False, shape
+  return False, shape, pairs_lib.num_pairs(feat)
 
 
 def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str],
@@ -149,7 +151,7 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
                   pair_filter: PairFilter | None = None,
                   shard_index: int | None = None, num_shards: int | None = None,
                   open_labels: open_labels_lib.OpenLabels | None = None,
-                  window_stride: int = 0) -> grain.MapDataset:
+                  window_stride: int = 0, pair_shards: int = 1) -> grain.MapDataset:
   """MapDataset of padded batches (dicts of batch.py fields plus "meta").
 
   source: random-access records (a TFDS/grain data source, decoded by
@@ -171,6 +173,8 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
   window_stride: >0 encodes documents over max_length subwords in windows of
     max_length starting every window_stride subwords (`data.windows`); a
     batch holding one is collated in windows ([B, N, max_length] input_ids).
+  pair_shards: groups of batch_size / pair_shards documents whose pairs are
+    packed apart (`data.pairs`): the mesh's data-axis devices of this process.
   "meta" holds doc_index [B] (position in `source`, -1 for padding), titles,
   the label_names of the label columns and the summed truncation counters of featurize.STAT_KEYS.
   """
@@ -181,6 +185,7 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
   if open_labels is not None and not train:
     raise ValueError("open_labels builds training batches; evaluate on a fixed label set")
   shard, shards = _process_shard(shard_index, num_shards)
+  pairs_lib.check_shards(batch_size, pair_shards)
   subset = subset_indices(len(source), subset_size, subset_seed)
   label_index = {name: k for k, name in enumerate(label_names)}
   if len(label_index) != len(label_names):
@@ -215,16 +220,19 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     feat.update(doc_index=index, batch_number=batch_number, label_names=own)
     return feat
 
-  def global_need(batch_number: int) -> tuple[bool, tuple[int, int, int]]:
+  def global_need(batch_number: int) -> tuple[bool, tuple[int, int, int, int]]:
     """(windowed?, sizes to hold) of a whole global batch, from the pre-pass's
     per-document shapes: the same answer on every process, whichever rows it
-    collates, so all processes build arrays of one shape."""
+    collates, so all processes build arrays of one shape. The pair need is
+    that of the fullest pair shard of the global batch."""
     docs = open_labels_lib.global_batch(order, batch_number, batch_size * shards)
     plans = [shapes[i] for i in docs]
-    windowed = any(w for w, _ in plans)
+    windowed = any(w for w, _, _ in plans)
     # A single-pass document in a windowed batch is one window (windows.as_windowed).
-    dims = [(1,) + d[1:] if windowed and not w else d for w, d in plans]
-    return windowed, tuple(int(n) for n in np.max(dims, axis=0))
+    dims = [(1,) + d[1:] if windowed and not w else d for w, d, _ in plans]
+    pair_need = pairs_lib.shard_need([p for _, _, p in plans], batch_size * shards,
+                                     pair_shards * shards)
+    return windowed, tuple(int(n) for n in np.max(dims, axis=0)) + (pair_need,)
 
   def open_label_batch(features: Sequence[dict | None]) -> tuple[list, tuple, dict]:
     """The batch's features remapped to its label set, the names, and the label side."""
@@ -248,9 +256,10 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     else:  # evaluation batches are this process's own
       windowed, need = any(f is not None and windows.is_windowed(f) for f in features), None
     if windowed:
-      out = windows.collate_windows(features, buckets, labels, batch_size, max_length, need=need)
+      out = windows.collate_windows(features, buckets, labels, batch_size, max_length, need=need,
+                                    pair_shards=pair_shards)
     else:
-      out = collate(features, buckets, labels, batch_size, need=need)
+      out = collate(features, buckets, labels, batch_size, need=need, pair_shards=pair_shards)
     doc_index = np.full(batch_size, -1, np.int32)
     doc_index[:len(features)] = [-1 if f is None else f["doc_index"] for f in features]
     titles = tuple("" if f is None else f["title"] for f in features)

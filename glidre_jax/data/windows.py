@@ -22,6 +22,7 @@ import numpy as np
 
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data import pairs as pairs_lib
 from glidre_jax.data.documents import Document
 
 NO_LIMIT = 1 << 62  # max_length that never truncates
@@ -91,7 +92,7 @@ def window_shape(feat: Mapping) -> tuple[int, int, int]:
 
 # Windowed features copied into the padded batch arrays.
 _WINDOWED = ("input_ids", "attention_mask", "word_index", "window_word_mask",
-             "entity_word_weights", "pair_mask", "labels")
+             "entity_word_weights")
 
 
 def as_windowed(feat: Mapping) -> dict:
@@ -105,24 +106,30 @@ def as_windowed(feat: Mapping) -> dict:
 
 def collate_windows(features: Sequence[Mapping | None], buckets: featurize_lib.Buckets,
                     label_batch: Mapping[str, np.ndarray], batch_size: int, window: int, *,
-                    need: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
+                    need: tuple[int, int, int, int] | None = None,
+                    pair_shards: int = 1) -> dict[str, np.ndarray]:
   """Windowed features padded to [batch_size, N, window] and the word/entity
-  buckets (grown as needed); N is rounded up to a power of two. `None`
-  entries are padding documents; single-pass features count as one window.
-  `need`: (windows, words, entities) to hold instead of the largest member's
-  (a whole global batch's, when `features` are one process's rows of it)."""
+  buckets (grown as needed); N is rounded up to a power of two; pairs packed
+  as `featurize.collate` does. `None` entries are padding documents;
+  single-pass features count as one window. `need`: (windows, words,
+  entities, pairs per shard) to hold instead of the batch's own (a whole
+  global batch's, when `features` are one process's rows of it)."""
   features = [None if f is None else as_windowed(f) for f in features]
   if need is None:
-    need = np.asarray([window_shape(f) for f in features if f is not None]).max(axis=0)
-  need_n, need_w, need_e = need
+    need = tuple(np.asarray([window_shape(f) for f in features if f is not None]).max(axis=0))
+    need += (pairs_lib.shard_need([0 if f is None else pairs_lib.num_pairs(f) for f in features],
+                                  batch_size, pair_shards),)
+  need_n, need_w, need_e, need_p = need
   n = 1 << int(need_n - 1).bit_length()
   # Any seq_len fits: windows have their own fixed length.
   _, w, e = buckets.grown(words=int(need_w), entities=int(need_e)).pick(
       1, int(need_w), int(need_e))
   k = int(np.shape(label_batch["label_mask"])[0])
   b = batch_size
-  out = batch_lib.zeros(dict(B=b, N=n, L=window, W=w, E=e, K=k), windowed=True)
+  out = batch_lib.zeros(dict(B=b, N=n, L=window, W=w, E=e, K=k, S=pair_shards,
+                             P=pairs_lib.pick(buckets.pairs, need_p)), windowed=True)
   for i, f in enumerate(features):  # per document of the batch, host side
     if f is not None:
       featurize_lib.place_document(out, i, f, _WINDOWED, num_words=f["window_word_mask"].shape[1])
+  pairs_lib.pack(out, features, pair_shards, out["pair_mask"].shape[1])
   return featurize_lib.put_label_fields(out, label_batch)

@@ -1,9 +1,10 @@
 """The GLiDRE head on top of a text encoder and a label encoder (spec §1).
 
 Entity-first: mention words are pooled into E entity vectors and E attention
-rows once; the E×E pairs are then formed by broadcasting. Everything works on
-the padded arrays of `glidre_jax.data.batch`; no Python loops over documents,
-entities or pairs.
+rows once; the batch's real (document, head, tail) pairs, packed per shard
+(`glidre_jax.data.pairs`), then gather them. Everything works on the padded
+arrays of `glidre_jax.data.batch`; no Python loops over documents, entities
+or pairs.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ _LSE_MASK = -1e9  # log-weight of words outside an entity (the reference masks w
 
 @dataclasses.dataclass
 class GLiDREOutput:
-  logits: jax.Array  # [B, E, E, K] relation logits r_{h,t} · l_k
-  threshold_logits: jax.Array | None  # [B, E, E] (adaptive threshold head) or None
+  logits: jax.Array  # [S, P, K] relation logits r_{h,t} · l_k of the packed pairs
+  threshold_logits: jax.Array | None  # [S, P] (adaptive threshold head) or None
 
 
 jax.tree_util.register_dataclass(
@@ -130,12 +131,37 @@ class TokenRepLayer(nnx.Module):
     return pooled if self.labels_projection is None else self.labels_projection(pooled)
 
 
+def dense(values: jax.Array, batch: dict) -> jax.Array:
+  """Packed values [S, P, ...] -> [B, E, E, ...] by one scatter (0 off the
+  scored pairs), for callers that want the dense view."""
+  s, _ = batch["pair_mask"].shape
+  b, e = batch["entity_mask"].shape
+  doc = batch["pair_doc"] + (jnp.arange(s, dtype=jnp.int32) * (b // s))[:, None]
+  doc = jnp.where(batch["pair_mask"] > 0, doc, b)  # padding pairs land outside: dropped
+  out = jnp.zeros((b, e, e) + values.shape[2:], values.dtype)
+  return out.at[doc, batch["pair_head"], batch["pair_tail"]].set(values, mode="drop")
+
+
 @dataclasses.dataclass
 class EntityContext:
-  """Per-document tensors every pair is built from: O(E·D + E·W + W·D)."""
+  """Per-document tensors every pair is built from: O(E·D + E·W + W·D), each
+  split into S shards of B/S documents ([S, B/S, ...], see `by_shard`)."""
   words: jax.Array  # [B, W, D]
   entities: jax.Array  # [B, E, D]
   entity_att: jax.Array  # [B, E, W]
+
+  def by_shard(self, shards: int) -> EntityContext:
+    """[B, ...] -> [S, B/S, ...]: shard s holds the documents its pairs index."""
+    split = lambda x: x.reshape((shards, x.shape[0] // shards) + x.shape[1:])
+    return EntityContext(split(self.words), split(self.entities), split(self.entity_att))
+
+
+def _gather(x: jax.Array, doc: jax.Array, index: jax.Array) -> jax.Array:
+  """x [S, Bs, E, ...] at (doc, index) [S, C] of its own shard -> [S, C, ...]."""
+  s, bs, e = x.shape[:3]
+  flat = x.reshape((s, bs * e) + x.shape[3:])
+  idx = (doc * e + index).reshape((s, -1) + (1,) * (x.ndim - 3))
+  return jnp.take_along_axis(flat, idx, axis=1)
 
 
 class RelRep(nnx.Module):
@@ -156,32 +182,41 @@ class RelRep(nnx.Module):
                                          self.pooling)
     return EntityContext(words.astype(jnp.float32), entities, entity_att)
 
-  def __call__(self, ctx: EntityContext, heads: jax.Array, tails: jax.Array,
+  def __call__(self, ctx: EntityContext, docs: jax.Array, heads: jax.Array, tails: jax.Array,
                dropout_key: jax.Array | None = None) -> jax.Array:
-    """Relation vectors [B, C, D] of the C pairs (heads[c], tails[c])."""
+    """Relation vectors [S, C, D] of the C pairs (docs, heads, tails)[s, c]
+    of each shard; `ctx` is `by_shard` ([S, B/S, ...])."""
     keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
-    take = lambda x, idx: jnp.take(x, idx, axis=1)
     if self.head_extractor is None:
-      head_part = self.projection.left_part(ctx.entities)  # [B, E, 4D], once per entity
-      tail_vecs = take(ctx.entities, tails)
-      return self.projection.call_with_left_part(take(head_part, heads), tail_vecs, keys[0])
-    alpha = take(ctx.entity_att, heads) * take(ctx.entity_att, tails)  # [B, C, W]
-    alpha = alpha / (alpha.sum(-1, keepdims=True) + _EPS_LOP)
-    context = jnp.einsum("bcw,bwd->bcd", alpha, ctx.words)  # LOP: one matmul
+      head_part = self.projection.left_part(ctx.entities)  # [S, Bs, E, 4D], once per entity
+      tail_vecs = _gather(ctx.entities, docs, tails)
+      return self.projection.call_with_left_part(_gather(head_part, docs, heads), tail_vecs,
+                                                 keys[0])
+    alpha = _gather(ctx.entity_att, docs, heads) * _gather(ctx.entity_att, docs, tails)
+    alpha = alpha / (alpha.sum(-1, keepdims=True) + _EPS_LOP)  # [S, C, W]
+    # LOP: one matmul against the shard's words [Bs·W, D], alpha placed in
+    # its own document's columns (zeros elsewhere: the same sums). Bs times
+    # the FLOPs of a per-pair gather of words ([C, W, D], far more memory):
+    # 2·Bs·W·D per pair, ~10 % (W = 256) to ~19 % (W = 512) of a pair's
+    # head FLOPs at Bs = 4, D = 384.
+    s, bs, w, d = ctx.words.shape
+    own = (docs[..., None] == jnp.arange(bs, dtype=docs.dtype)).astype(alpha.dtype)
+    spread = (own[..., None] * alpha[:, :, None, :]).reshape(s, -1, bs * w)
+    context = jnp.einsum("scv,svd->scd", spread, ctx.words.reshape(s, bs * w, d))
     context = sharding.constrain(context, "batch", "pairs", "embed")
     head = jnp.tanh(self.head_extractor.call_with_left_part(
-        take(self.head_extractor.left_part(ctx.entities), heads), context, keys[0]))
+        _gather(self.head_extractor.left_part(ctx.entities), docs, heads), context, keys[0]))
     tail = jnp.tanh(self.tail_extractor.call_with_left_part(
-        take(self.tail_extractor.left_part(ctx.entities), tails), context, keys[1]))
+        _gather(self.tail_extractor.left_part(ctx.entities), docs, tails), context, keys[1]))
     return self.projection(jnp.concatenate([head, tail], axis=-1), keys[2])
 
 
 class GLiDREModel(nnx.Module):
-  """Scores every (head, label, tail) of a padded batch of documents.
+  """Scores every (head, label, tail) of the packed pairs of a padded batch.
 
-  Pairs are scored in blocks of `config.pair_chunk_size` (0: all E² at once);
-  in training each block is rematerialised, so peak memory follows the block,
-  not E².
+  Pairs are scored in blocks of `config.pair_chunk_size` per shard (0: all
+  at once); in training each block is rematerialised, so peak memory follows
+  the block, not the pair count.
   """
 
   def __init__(self, cfg: GLiDREConfig, text_encoder: nnx.Module,
@@ -221,17 +256,16 @@ class GLiDREModel(nnx.Module):
         batch.get("window_word_mask"))
     return self.span_rep_layer.entity_context(words, word_att, batch["entity_word_weights"])
 
-  def score_pairs(self, ctx: EntityContext, pair_ids: jax.Array, labels: jax.Array,
-                  dropout_key: jax.Array | None = None,
+  def score_pairs(self, ctx: EntityContext, docs: jax.Array, heads: jax.Array,
+                  tails: jax.Array, labels: jax.Array, dropout_key: jax.Array | None = None,
                   label_mask: jax.Array | None = None) -> GLiDREOutput:
-    """Outputs for the pairs `pair_ids` (h·E + t) [C]: logits [B, C, K].
+    """Outputs for the pairs (docs, heads, tails) [S, C] of the sharded
+    context `ctx` (`EntityContext.by_shard`): logits [S, C, K].
 
     label_mask [K] (None: all real) marks the real labels, over which the
     threshold layer takes its mean label vector."""
-    num_entities = ctx.entities.shape[1]
     rel_key, th_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    relations = self.span_rep_layer(ctx, pair_ids // num_entities, pair_ids % num_entities,
-                                    rel_key).astype(jnp.float32)
+    relations = self.span_rep_layer(ctx, docs, heads, tails, rel_key).astype(jnp.float32)
     relations = sharding.constrain(relations, "batch", "pairs", "embed")
     logits = sharding.constrain(jnp.einsum("bcd,kd->bck", relations, labels),
                                 "batch", "pairs", "labels")
@@ -249,41 +283,38 @@ class GLiDREModel(nnx.Module):
                ) -> GLiDREOutput:
     """`batch` holds the fields of `glidre_jax.data.batch`; `label_vectors`
     ([K, D], from `encode_labels`) skips the label encoder when given.
-    Returns logits [B, E, E, K] (and threshold logits [B, E, E])."""
+    Returns logits [S, P, K] (and threshold logits [S, P]) of the packed
+    pairs (`dense` gives the [B, E, E, ...] view)."""
     if label_vectors is None:
       label_vectors = self.encode_labels(batch["label_input_ids"],
                                          batch["label_attention_mask"])
     label_mask = batch.get("label_mask")
-    ctx = self.entity_context(batch)
-    b, e = ctx.entities.shape[:2]
-    num_pairs = e * e
+    num_shards, num_pairs = batch["pair_mask"].shape
+    ctx = self.entity_context(batch).by_shard(num_shards)
+    pairs = (batch["pair_doc"], batch["pair_head"], batch["pair_tail"])
     key = None
     if not self.pair_dropout.deterministic and self.pair_dropout.rate > 0:
       key = self.pair_dropout.rngs()
     chunk = self.config.pair_chunk_size
     if not chunk or chunk >= num_pairs:
-      out = self.score_pairs(ctx, jnp.arange(num_pairs), label_vectors, key, label_mask)
-    else:
-      num_blocks = -(-num_pairs // chunk)
-      # Padded ids repeat the last pair; their outputs are cut off below.
-      ids = jnp.minimum(jnp.arange(num_blocks * chunk), num_pairs - 1).reshape(num_blocks, chunk)
-      keys = (jnp.zeros((num_blocks,), jnp.uint32) if key is None
-              else jax.random.split(key, num_blocks))
+      return self.score_pairs(ctx, *pairs, label_vectors, key, label_mask)
+    num_blocks = -(-num_pairs // chunk)
+    # Padded ids repeat the last pair; their outputs are cut off below.
+    ids = jnp.minimum(jnp.arange(num_blocks * chunk), num_pairs - 1).reshape(num_blocks, chunk)
+    blocked = tuple(jnp.moveaxis(x[:, ids], 1, 0) for x in pairs)  # [blocks, S, chunk]
+    keys = (jnp.zeros((num_blocks,), jnp.uint32) if key is None
+            else jax.random.split(key, num_blocks))
 
-      @jax.checkpoint  # recompute each block in the backward pass
-      def block(args):
-        block_ids, block_key = args
-        return self.score_pairs(ctx, block_ids, label_vectors,
-                                None if key is None else block_key, label_mask)
+    @jax.checkpoint  # recompute each block in the backward pass
+    def block(args):
+      docs, heads, tails, block_key = args
+      return self.score_pairs(ctx, docs, heads, tails, label_vectors,
+                              None if key is None else block_key, label_mask)
 
-      blocks = jax.lax.map(block, (ids, keys))
-      join = lambda x: jnp.moveaxis(x, 0, 1).reshape((b, num_blocks * chunk) + x.shape[3:])[
-          :, :num_pairs]
-      out = jax.tree.map(join, blocks)
-    logits = out.logits.reshape(b, e, e, -1)
-    threshold = (None if out.threshold_logits is None
-                 else out.threshold_logits.reshape(b, e, e))
-    return GLiDREOutput(logits=logits, threshold_logits=threshold)
+    blocks = jax.lax.map(block, blocked + (keys,))
+    join = lambda x: jnp.moveaxis(x, 0, 1).reshape(
+        (num_shards, num_blocks * chunk) + x.shape[3:])[:, :num_pairs]
+    return jax.tree.map(join, blocks)
 
 
 def build_glidre(cfg: GLiDREConfig, text_encoder_config, label_encoder_config, *,

@@ -6,11 +6,11 @@ Prints one JSON line with the differences and the observed shardings.
 import json
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from glidre_jax import sharding, trainer as trainer_lib
+from glidre_jax.data import pairs
 from glidre_jax.encoders.bert import BertConfig, BertModel
 from glidre_jax.model.config import GLiDREConfig
 from glidre_jax.model.glidre import GLiDREModel
@@ -32,8 +32,9 @@ def make_batch(b=4, l=16, w=8, e=4, k=5, t=4):
           "word_index": np.tile(np.arange(1, w + 1), (b, 1)).astype(np.int32),
           "word_mask": np.ones((b, w), np.int32),
           "entity_word_weights": (r.rand(b, e, w) < 0.3).astype(np.float32),
-          "entity_mask": np.ones((b, e), np.int32), "pair_mask": np.ones((b, e, e), np.int32),
-          "labels": (r.rand(b, e, e, k) < 0.2).astype(np.int32),
+          "entity_mask": np.ones((b, e), np.int32),
+          **pairs.from_dense(np.ones((b, e, e), np.int32),
+                             (r.rand(b, e, e, k) < 0.2).astype(np.int32), shards=2),
           "doc_mask": np.ones((b,), np.int32),
           "label_input_ids": r.randint(1, 50, (k, t)).astype(np.int32),
           "label_attention_mask": np.ones((k, t), np.int32), "label_mask": np.ones((k,), np.int32)}
@@ -70,9 +71,10 @@ def main():
 
   @jax.jit
   def pair_logits(batch):
-    ctx = model.entity_context(batch)
+    ctx = model.entity_context(batch).by_shard(2)
     labels = model.encode_labels(batch["label_input_ids"], batch["label_attention_mask"])
-    return model.score_pairs(ctx, jnp.arange(16), labels).logits
+    return model.score_pairs(ctx, batch["pair_doc"], batch["pair_head"], batch["pair_tail"],
+                             labels).logits
 
   with jax.set_mesh(mesh):
     logits = pair_logits(batch)
