@@ -306,8 +306,11 @@ NBSP_DOC = {"id": "nbsp", "tokenized_text": ["Kriegers", "Flak", "lies", "15", "
 def test_one_window_gives_the_single_pass_scores(predictor, raw):
   doc = inputs.to_document(raw)
   plain = predictor.featurize([doc])[0]
-  windowed = windows.featurize_windows(doc, predictor.tokenizer, predictor.max_length, 64)
+  # The predictor's pair rule (no self pairs): only scored pairs have scores.
+  windowed = windows.featurize_windows(doc, predictor.tokenizer, predictor.max_length, 64,
+                                       pair_filter=featurize_lib.without_self_pairs())
   assert windowed["input_ids"].shape[0] == 1
+  np.testing.assert_array_equal(windowed["pair_mask"], plain["pair_mask"])
   single, through_windows = (next(predictor._batches([f], LABELS, 2, True, None))[2]
                              for f in (plain, windowed))
   np.testing.assert_allclose(through_windows, single, rtol=1e-6, atol=1e-7)

@@ -27,9 +27,11 @@ def tiny_glidre(cfg: GLiDREConfig, *, seed: int = 0, text_hidden: int = 32,
 
 def small_config(entities: int):
   """The default config at 128 subwords and words, `entities` entities a
-  document and evaluation batches of 2."""
+  document and evaluation batches of 2: one bucket shape (the pair bucket
+  holds two documents' every pair)."""
   c = default.get_config()
   c.data.max_length = 128
   c.data.seq_buckets, c.data.word_buckets, c.data.entity_buckets = (128,), (128,), (entities,)
   c.data.eval_batch_size = 2
+  c.data.pair_buckets = (2 * entities * entities,)
   return c
