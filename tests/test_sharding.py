@@ -40,3 +40,24 @@ def test_train_step_on_2x2_mesh_matches_one_device():
   assert result["logits_spec"] == "P('data', 'model')"
   assert result["logits_shard_shape"] == [2, 8, 5]
   assert result["hlo_has_sharding"]
+  # FSDP on a (4, 1) mesh: the same loss and updated parameters as one device
+  # (float reassociation of the sharded reductions only: 1e-5).
+  assert abs(result["loss_1"] - result["loss_fsdp"]) <= 1e-5 * max(1.0, abs(result["loss_1"]))
+  assert result["fsdp_param_delta"] <= 1e-5
+  # span_rep_layer.projection.dense_in.kernel [48, 96]: its 96 split in 4.
+  assert result["fsdp_kernel_spec"] == "P(None, 'data')"
+  assert result["fsdp_kernel_shard_shape"] == [48, 24]
+  # XLA's per-device memory of the compiled step falls with the shard count:
+  # the state (arguments) is split, gathered parameters are temporaries.
+  args = [result["fsdp_memory"][str(n)]["argument"] for n in (1, 2, 4)]
+  assert args[0] > 1.8 * args[1] > 3.2 * args[2], args
+
+
+def test_fsdp_axes_pick_the_largest_divisible_axis():
+  assert sharding.fsdp_axes((1024, 4096), 8) == (None, "fsdp")
+  assert sharding.fsdp_axes((128100, 1024), 8) == (None, "fsdp")  # 128100 % 8 != 0
+  assert sharding.fsdp_axes((128100, 1024), 4) == ("fsdp", None)
+  assert sharding.fsdp_axes((4096,), 8, min_size=2**16) == (None,)  # small: replicated
+  assert sharding.fsdp_axes((1000, 1000), 3) == (None, None)  # nothing divides
+  assert sharding.fsdp_axes((512, 512), 1) == (None, None)
+  assert sharding.spec(*sharding.fsdp_axes((1024, 4096), 8)) == sharding.PartitionSpec(None, "data")
