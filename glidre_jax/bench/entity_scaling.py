@@ -77,7 +77,7 @@ def measure(num_entities: int, chunk: int, train: bool, repeats: int, peak: floa
   frozen = trainer.frozen_labels
   work = flops.step_flops(model, flops.batch_shape(batch), train=train,
                           label_encoder_in_step=train and not frozen,
-                          label_encoder_trained=not frozen)
+                          label_encoder_trained=not frozen, label_vectors_given=not train)
   use = flops.utilisation(work, seconds, peak)
   return {"entities": num_entities, "pairs": num_entities ** 2, "mode": "train" if train else
           "inference", "pair_chunk_size": chunk, "seconds_per_doc": round(seconds, 3),

@@ -65,9 +65,10 @@ def head_flops_per_pair(d: int, words: int, labels: int, lop: bool) -> float:
 
 
 def step_flops(model, shape: StepShape, *, train: bool, label_encoder_in_step: bool,
-               label_encoder_trained: bool) -> dict:
+               label_encoder_trained: bool, label_vectors_given: bool = False) -> dict:
   """FLOPs of a step of `model` (a GLiDREModel) on `shape`: per component,
-  'real' (real tokens and pairs: the floor) and 'executed' (padded)."""
+  'real' (real tokens and pairs: the floor) and 'executed' (padded).
+  label_vectors_given: inference with cached label vectors (no label side)."""
   cfg = model.config
   d = cfg.hidden_size
   text = model.token_rep_layer.bert_layer.model
@@ -81,7 +82,8 @@ def step_flops(model, shape: StepShape, *, train: bool, label_encoder_in_step: b
     text_real += 2 * s.docs * s.words * text.hidden_size * d
   label_fwd = encoder_flops(label.config, s.labels * s.label_len, s.label_len)
   label_mult = 0.0 if not label_encoder_in_step else (mult if label_encoder_trained else 1.0)
-  prompt = s.labels * (2 * d * 4 * d * 2 + 2 * label.hidden_size * d)
+  prompt = 0.0 if label_vectors_given else s.labels * (2 * d * 4 * d * 2
+                                                        + 2 * label.hidden_size * d)
   per_entity = 2 * s.words * (d + s.words)  # pooling of vectors and attention rows
   if cfg.lop:
     per_entity += 2 * 2 * d * 4 * d  # head / tail halves of the extractors

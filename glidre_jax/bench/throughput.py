@@ -147,7 +147,8 @@ def measure_inference(trainer, state, data, batches: list[dict], passes: int, mo
   t_encoder = pass_seconds(encoder, batches, passes)
   work = {k: sum(c[k] for c in (flops.step_flops(
       model, flops.batch_shape(b), train=False, label_encoder_in_step=False,
-      label_encoder_trained=False) for b in batches)) for k in ("real", "executed")}
+      label_encoder_trained=False, label_vectors_given=True) for b in batches))
+          for k in ("real", "executed")}
   use = flops.utilisation(work, t_glidre, peak)
   return {"infer_docs": docs, **{f"infer_{k}": v for k, v in use.items()},
           "predict_first_call_s": compile_s,
