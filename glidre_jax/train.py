@@ -286,8 +286,12 @@ MEMORY_ROWS = (("parameters (this device's shards)", "params_bytes"),
 
 
 def memory_report(config) -> str:
-  """`memory_analysis` as the per-device table `--dry_run` prints."""
-  m = memory_analysis(config)
+  """The per-device table `--dry_run` prints."""
+  return format_memory(memory_analysis(config))
+
+
+def format_memory(m: dict) -> str:
+  """A `memory_analysis` result as a per-device table."""
   lines = [f"train step, largest bucket {m['batch']}, mesh {m['mesh']}, fsdp {m['fsdp']}, "
            f"{m['parameters'] / 1e6:.0f} M parameters, compiled in {m['compile_s']} s; "
            "per device:"]

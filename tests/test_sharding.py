@@ -61,3 +61,24 @@ def test_fsdp_axes_pick_the_largest_divisible_axis():
   assert sharding.fsdp_axes((1000, 1000), 3) == (None, None)  # nothing divides
   assert sharding.fsdp_axes((512, 512), 1) == (None, None)
   assert sharding.spec(*sharding.fsdp_axes((1024, 4096), 8)) == sharding.PartitionSpec(None, "data")
+
+
+def test_dry_run_reports_per_device_memory_on_shapes_alone(tmp_path):
+  """`--dry_run`'s table for encoders given by a config.json alone (no
+  weights, nothing allocated): the paper model's path, at a tiny size."""
+  from configs import default
+  from glidre_jax import train
+  enc = tmp_path / "enc"
+  enc.mkdir()
+  (enc / "config.json").write_text(json.dumps({
+      "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+      "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 100}))
+  c = default.get_config()
+  c.text_encoder = c.label_encoder = str(enc)
+  c.model.hidden_size = 24
+  c.data.update(batch_size=2, seq_buckets=(32,), word_buckets=(32,), entity_buckets=(8,))
+  m = train.memory_analysis(c)
+  assert m["batch"] == {"input_ids": (2, 32), "labels": (2, 8, 8, 96)}
+  assert m["params_bytes"] == 4 * m["parameters"] and m["peak_bytes"] > m["params_bytes"]
+  report = train.format_memory(m)
+  assert "fsdp False" in report and "peak estimate" in report, report
