@@ -100,8 +100,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   ))
 
   # Device mesh: documents split over 'data', entity pairs over 'model'
-  # (-1: all devices the other axis leaves).
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+  # (-1: all devices the other axis leaves). fsdp: parameters and optimizer
+  # state split over 'data' too (ZeRO-3; for models whose state does not fit
+  # one device: DeBERTa-v3-large + BGE-large with AdamW).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, fsdp=False))
 
   c.eval = ml_collections.ConfigDict(dict(
       threshold=0.5,

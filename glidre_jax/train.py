@@ -21,6 +21,7 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from absl import app, flags
 
 from glidre_jax import (checkpointing, cli, cli_config, distributed, evaluate, metrics, run_dir,
@@ -101,7 +102,7 @@ def setup(config, workdir: pathlib.Path) -> Run:
       subset_size=d.subset_size or None, subset_seed=d.subset_seed,
       pair_filter=data.pair_filter, open_labels=data.open_labels,
       window_stride=d.window_stride, pair_shards=pair_shards(mesh))
-  trainer = trainer_lib.Trainer(run_dir.build_model(config), tc, mesh)
+  trainer = trainer_lib.Trainer(run_dir.build_model(config), tc, mesh, fsdp=config.mesh.fsdp)
   evaluator = evaluate.Evaluator(trainer.predictor, eval_data, eval_docs,
                                  metrics.train_facts(train_docs, data.schema))
   return Run(config, workdir, trainer, pipeline.make_iterator(dataset),
@@ -245,31 +246,69 @@ def abstract_batch(config, num_labels: int, shards: int = 1) -> dict:
           for name, shape in shapes.items()}
 
 
-def memory_report(config) -> str:
-  """Compiles the train step for the largest bucket and reports its memory."""
+def _tree_bytes(tree) -> int:
+  """Bytes of one device's shards of a tree of sharded shapes."""
+  return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree) if not jax.dtypes.issubdtype(
+                 x.dtype, jax.dtypes.prng_key))
+
+
+def memory_analysis(config) -> dict:
+  """Compiles the train step for the largest bucket on shapes alone (random
+  encoders of the configured architecture; nothing allocated, no weights
+  read) and returns its per-device memory in bytes."""
   num_labels = (max(config.data.label_buckets) if config.data.open_labels
                 else registry.load_schema(config).num_labels)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  trainer = trainer_lib.Trainer(run_dir.build_model(config), config.train, mesh)
+  trainer = trainer_lib.Trainer(run_dir.abstract_model(config), config.train, mesh,
+                                fsdp=config.mesh.fsdp)
   batch = abstract_batch(config, num_labels, mesh.shape[sharding.DATA])
   placed = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=(
       trainer.batch_sharding if len(v.shape) and k in batch_lib.DOC_FIELDS
       else sharding.named(mesh))) for k, v in batch.items()}
   t0 = time.time()
-  compiled = trainer.lower(trainer.initial_state, placed).compile()
+  state = trainer.abstract_state
+  compiled = trainer.lower(state, placed).compile()
   mem = compiled.memory_analysis()
-  gib = lambda n: f"{n / 2**30:.2f} GiB"
-  shape = {k: v.shape for k, v in batch.items() if k in ("input_ids", "pair_labels")}
-  lines = [f"train step, largest bucket {shape}, mesh {dict(mesh.shape)}, "
-           f"compiled in {time.time() - t0:.1f} s; per device:"]
-  if mem is None:
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  out = {"mesh": dict(mesh.shape), "fsdp": bool(config.mesh.fsdp), "parameters": params,
+         "batch": {k: v.shape for k, v in batch.items() if k in ("input_ids", "pair_labels")},
+         "compile_s": round(time.time() - t0, 1), "params_bytes": _tree_bytes(state.params),
+         "opt_state_bytes": _tree_bytes(state.opt_state)}
+  if mem is not None:
+    out.update(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+               alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+               code_bytes=mem.generated_code_size_in_bytes,
+               # Donated state: outputs alias arguments, so arguments + temporaries.
+               peak_bytes=mem.argument_size_in_bytes + mem.temp_size_in_bytes)
+  return out
+
+
+MEMORY_ROWS = (("parameters (this device's shards)", "params_bytes"),
+               ("optimizer state (shards)", "opt_state_bytes"),
+               ("arguments (state + batch)", "argument_bytes"),
+               ("outputs (alias the donated state)", "output_bytes"),
+               ("temporaries (activations, gathered params, grads)", "temp_bytes"),
+               ("generated code", "code_bytes"),
+               ("peak estimate (arguments + temporaries)", "peak_bytes"))
+
+
+def memory_report(config) -> str:
+  """The per-device table `--dry_run` prints."""
+  return format_memory(memory_analysis(config))
+
+
+def format_memory(m: dict) -> str:
+  """A `memory_analysis` result as a per-device table."""
+  lines = [f"train step, largest bucket {m['batch']}, mesh {m['mesh']}, fsdp {m['fsdp']}, "
+           f"{m['parameters'] / 1e6:.0f} M parameters, compiled in {m['compile_s']} s; "
+           "per device:"]
+  if "peak_bytes" not in m:
     lines.append("  (this backend reports no memory analysis)")
-  else:
-    for field in ("argument_size_in_bytes", "output_size_in_bytes",
-                  "temp_size_in_bytes", "generated_code_size_in_bytes"):
-      lines.append(f"  {field.replace('_in_bytes', '')}: {gib(getattr(mem, field, 0))}")
-    lines.append("  peak estimate (arguments + temporaries): "
-                 + gib(mem.argument_size_in_bytes + mem.temp_size_in_bytes))
+  width = max(len(name) for name, _ in MEMORY_ROWS)
+  for name, key in MEMORY_ROWS:
+    if key in m:
+      lines.append(f"  {name:<{width}}  {m[key] / 2**30:8.2f} GiB")
   return "\n".join(lines)
 
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -103,66 +105,147 @@ def abstract_state(params, rest, train_cfg) -> TrainState:
       metrics=empty_metrics()), params, rest)
 
 
+# Label token fields: with a frozen label encoder, Trainer.place swaps them
+# for a host-side key of the label set (LABEL_SET) and the step receives the
+# set's cached pooled label-encoder states instead.
+LABEL_TOKENS = ("label_input_ids", "label_attention_mask")
+LABEL_SET = "label_set"
+MAX_LABEL_SETS = 64  # cached label sets (open labels draw a new set per batch)
+
+
 class Trainer:
   """Holds the static parts (graph defs, optimizer, mesh) of a training run.
 
-  Parameters and optimizer state are replicated over the mesh; documents are
-  split over its 'data' axis and the pair tensors over its 'model' axis
-  (`glidre_jax.sharding`).
+  Documents are split over the mesh's 'data' axis and the pair tensors over
+  its 'model' axis (`glidre_jax.sharding`). Parameters and optimizer state
+  are replicated, or with `fsdp` split over 'data' (ZeRO-3: each array along
+  its largest divisible axis; `sharding.fsdp_axes`).
+
+  With train.freeze_label_encoder the label encoder is not run in the step:
+  its pooled states (eval mode, no dropout) are computed once per label set
+  and fed to the step, where the labels projection and prompt_rep_layer
+  still train. `model` may be abstract (`nnx.eval_shape`) for `lower` alone.
   """
 
-  def __init__(self, model: nnx.Module, train_cfg, mesh: jax.sharding.Mesh | None = None):
+  def __init__(self, model: nnx.Module, train_cfg, mesh: jax.sharding.Mesh | None = None, *,
+               fsdp: bool = False, fsdp_min_size: int = sharding.FSDP_MIN_SIZE):
     self.train_cfg = train_cfg
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
+    self.frozen_labels = bool(train_cfg.freeze_label_encoder)
     model.train()
     self.train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     model.eval()
     self.eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
     # Plain arrays (no Variable objects) in the state: one stable pytree
     # structure for optax, orbax and jit's cache.
-    params, rest = nnx.as_pure(params), nnx.as_pure(rest)
-    self.tx = make_optimizer(train_cfg, params)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                       opt_state=self.tx.init(params), metrics=empty_metrics())
-    self.state_sharding = jax.tree.map(lambda _: sharding.named(self.mesh), state)
-    self.initial_state = sharding.replicate(state, self.mesh)
+    self._params, self._rest = nnx.as_pure(params), nnx.as_pure(rest)
+    self.tx = make_optimizer(train_cfg, self._params)
+    shapes = jax.eval_shape(self._new_state, self._params, self._rest)
+    self.state_sharding = sharding.state_shardings(shapes, self.mesh, fsdp, fsdp_min_size)
+    # The state's shapes with their shardings: what `lower` needs, nothing allocated.
+    self.abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+        self.state_sharding)
     self.batch_sharding = sharding.named(self.mesh, "batch")
     self._train_step_jit = jax.jit(self._train_step, donate_argnums=0,
                                    out_shardings=self.state_sharding)
+    self._label_jit = jax.jit(self._label_states, out_shardings=sharding.named(self.mesh))
+    self._label_cache: dict = {}  # label-set key -> pooled states [K, d_label]
+    self._last_params = None  # the parameters the last step returned
     self.predictor = inference.Predictor(self.eval_graphdef, self.mesh)
     self.num_traces = 0  # how often the train step was traced (compiles)
+    self.label_encodes = 0  # label sets run through the label encoder (frozen)
+
+  def _new_state(self, params, rest) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                      opt_state=self.tx.init(params), metrics=empty_metrics())
+
+  @functools.cached_property
+  def initial_state(self) -> TrainState:
+    """Step 0, placed with `state_sharding` (built on first use)."""
+    return sharding.put(self._new_state(self._params, self._rest), self.state_sharding)
 
   def train_step(self, state: TrainState, batch: dict) -> TrainState:
     """One micro-step (an optimizer update every train.grad_accum of them);
-    `batch` as placed by `pipeline.to_device`."""
+    `batch` as placed by `Trainer.place`."""
+    batch = dict(batch)
+    key = batch.pop(LABEL_SET, None)
+    labels = None
+    if self.frozen_labels:
+      tokens = {k: batch.pop(k) for k in LABEL_TOKENS}
+      labels = self.label_states(state, key, tokens)
     with jax.set_mesh(self.mesh):  # sharding.constrain resolves against it
-      return self._train_step_jit(state, batch)
+      state = self._train_step_jit(state, batch, labels)
+    self._last_params = state.params
+    return state
+
+  def label_states(self, state: TrainState, key, tokens: dict) -> jax.Array:
+    """Pooled eval-mode label-encoder states [K, d_label] of a label set,
+    cached by `key` (None: not cached) while the parameters are those this
+    trainer's last step returned (restored or other ones start it afresh)."""
+    if state.params is not self._last_params:
+      self._label_cache.clear()
+    if key in self._label_cache:
+      return self._label_cache[key]
+    with jax.set_mesh(self.mesh):
+      pooled = self._label_jit(state.params, state.rest, tokens)
+    self.label_encodes += 1
+    if key is not None:
+      if len(self._label_cache) >= MAX_LABEL_SETS:
+        self._label_cache.pop(next(iter(self._label_cache)))
+      self._label_cache[key] = pooled
+    return pooled
 
   def place(self, batch: dict) -> dict:
-    """A process-local numpy batch -> global arrays on the mesh."""
-    return pipeline.to_device(batch, self.batch_sharding)
+    """A process-local numpy batch -> global arrays on the mesh (plus, with a
+    frozen label encoder, the host-side key of its label set)."""
+    placed = pipeline.to_device(batch, self.batch_sharding)
+    if self.frozen_labels:
+      ids, mask = (np.asarray(batch[k]) for k in LABEL_TOKENS)
+      placed[LABEL_SET] = (ids.shape, ids.tobytes(), mask.tobytes())
+    return placed
 
   def lower(self, state: TrainState, batch: dict):
-    """Ahead-of-time lowering of the train step (memory analysis, dry runs)."""
+    """Ahead-of-time lowering of the train step (memory analysis, dry runs);
+    `state` and `batch` may be shapes (`abstract_state`, ShapeDtypeStructs)."""
+    batch = {k: v for k, v in batch.items() if k != LABEL_SET}
+    labels = None
+    if self.frozen_labels:
+      tokens = {k: batch.pop(k) for k in LABEL_TOKENS}
+      with jax.set_mesh(self.mesh):
+        labels = jax.eval_shape(self._label_jit, state.params, state.rest, tokens)
+      labels = jax.ShapeDtypeStruct(labels.shape, labels.dtype, sharding=sharding.named(self.mesh))
     with jax.set_mesh(self.mesh):
-      return self._train_step_jit.lower(state, batch)
+      return self._train_step_jit.lower(state, batch, labels)
 
-  def _loss(self, params, rest, batch):
+  def _label_states(self, params, rest, tokens):
+    model = nnx.merge(self.eval_graphdef, params, rest)
+    return model.token_rep_layer.encode_label_tokens(tokens["label_input_ids"],
+                                                     tokens["label_attention_mask"])
+
+  def _loss(self, params, rest, batch, label_states):
+    # ZeRO-3: whole parameters for this step (a no-op when replicated).
+    params = sharding.gather(params)
     # Fresh Variables at this trace level: dropout updates its rng counter.
     rest = jax.tree.map(lambda x: x, rest)
     model = nnx.merge(self.train_graphdef, params, rest)
     cfg = self.train_cfg
-    label_vectors = model.encode_labels(batch["label_input_ids"], batch["label_attention_mask"],
-                                        freeze_encoder=cfg.freeze_label_encoder)
+    if label_states is None:  # the label encoder trains: run it here
+      label_vectors = model.encode_labels(batch["label_input_ids"],
+                                          batch["label_attention_mask"])
+    else:  # frozen: the encoder's pooled states came in, no gradient into them
+      label_vectors = model.label_vectors(jax.lax.stop_gradient(label_states))
     output = model(batch, label_vectors)
     loss = losses.relation_loss(output, batch, cfg.loss, alpha=cfg.focal_alpha,
                                 gamma=cfg.focal_gamma)
     return loss, nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
 
-  def _train_step(self, state: TrainState, batch) -> TrainState:
+  def _train_step(self, state: TrainState, batch, label_states) -> TrainState:
     self.num_traces += 1  # runs at trace time only
     (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(
-        state.params, state.rest, batch)
+        state.params, state.rest, batch, label_states)
+    # Back to the parameters' own shardings (FSDP: a reduce-scatter).
+    grads = jax.lax.with_sharding_constraint(grads, self.state_sharding.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss_sum": state.metrics["loss_sum"] + loss,

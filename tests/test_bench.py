@@ -17,7 +17,7 @@ SMALL = ["--set", "data.max_length=128", "--set", "data.seq_buckets=(128,)",
 def test_throughput_cli_measures_one_shape(tmp_path):
   out = tmp_path / "tp"
   throughput.main(["--batch_sizes", "1", "--steps", "2", "--infer_docs", "2", "--passes", "1",
-                   "--out", str(out), "--set", f"data.tfds_dir={tmp_path / 'tfds'}", *SMALL])
+                   "--gemm_n", "512", "--out", str(out), "--set", f"data.tfds_dir={tmp_path / 'tfds'}", *SMALL])
   for name in ("throughput.json", "throughput.csv", "throughput.png"):
     assert (out / name).stat().st_size > 0, name
   result = json.loads((out / "throughput.json").read_text())
@@ -35,6 +35,22 @@ def test_throughput_cli_measures_one_shape(tmp_path):
   # XLA's memory analysis (the CPU backend reports it): at least MiniLM's
   # parameters and Adam moments.
   assert row["xla_train_mib"] > 50
+  # FLOPs and utilisation: the real work is a part of what is executed (the
+  # entity bucket 48 pads the pairs), and utilisation is a fraction.
+  assert result["setup"]["gemm_flops_per_s"] > 1e8
+  assert 0 < row["train_pairs_real"] < row["train_pairs_executed"]
+  assert 0 < row["train_gflop_real"] < row["train_gflop_executed"]
+  assert 0 < row["train_mfu_real"] < row["train_mfu_executed"] < 1.5
+  assert 0 < row["infer_mfu_real"] < row["infer_mfu_executed"] < 1.5
+  assert row["train_floor_s"] < row["train_step_s"]
+  assert 100 < row["train_peak_rss_mb"] <= row["peak_rss_mb"]
+
+
+def test_same_work_preset_sets_the_official_work():
+  from configs import default
+  c = common.apply_overrides(default.get_config(), throughput.SAME_WORK)
+  assert (c.model.hidden_size, c.train.freeze_label_encoder, c.encoder_attention_dropout,
+          c.model.lop, c.data.batch_size) == (768, False, 0.1, True, 4)
 
 
 def test_throughput_rejects_an_empty_bucket(tmp_path):
@@ -158,3 +174,62 @@ def test_quick_steps_grow_with_the_number_of_documents():
   assert few_shot.run_config(args, 50, 0).train.steps == 100
   args.steps = 7  # an explicit --steps wins
   assert few_shot.run_config(args, 50, 0).train.steps == 7
+
+
+@pytest.mark.parametrize("lop", [True, False])
+def test_analytic_flops_match_xla_cost_analysis(lop):
+  """The analytic forward count (matmuls only) is 90-100 % of what XLA counts
+  for the compiled GLiDRE forward (XLA adds the element-wise work)."""
+  import jax
+  from flax import nnx
+  import tiny_training
+  from glidre_jax import encoders, inference
+  from glidre_jax.bench import flops
+  from glidre_jax.data.tokenize import minilm_path
+  from glidre_jax.model.config import GLiDREConfig
+  from glidre_jax.model.glidre import build_glidre
+  hf = encoders.common.read_hf_config(minilm_path())
+  enc = encoders.config_from_hf(dict(hf, hidden_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=512))
+  model = build_glidre(GLiDREConfig(hidden_size=96, dropout=0.0, lop=lop), enc, enc)
+  model.eval()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  batch = {k: v for k, v in tiny_training.batches(1, 2)[0].items() if k != "meta"}
+  predictor = inference.Predictor(graphdef)
+  with jax.set_mesh(predictor.mesh):
+    xla = predictor._predict_jit.lower(params, rest, batch, None).compile().cost_analysis()
+  shape = flops.batch_shape(batch)
+  assert (shape.pairs_real, shape.pairs_executed) == flops.batch_pair_counts(batch)
+  # The packed list: its slots (real + bucket padding), fewer than the dense 2 × 48².
+  assert batch["pair_mask"].size == shape.pairs_executed > shape.pairs_real
+  assert shape.pairs_executed < 2 * 48 * 48
+  ours = flops.step_flops(model, shape, train=False, label_encoder_in_step=True,
+                          label_encoder_trained=False)
+  assert 0.9 < ours["executed"] / xla["flops"] <= 1.0, (ours, xla["flops"])
+  assert ours["real"] < ours["executed"] and ours["pairs_padding"] > 0
+  train = flops.step_flops(model, shape, train=True, label_encoder_in_step=False,
+                           label_encoder_trained=False)
+  assert train["label_encoder"] == 0 and train["pairs_real"] == 3 * ours["pairs_real"]
+
+
+def test_deberta_flops_match_xla_cost_analysis():
+  import jax
+  import numpy as np
+  from glidre_jax import encoders
+  from glidre_jax.bench import flops
+  hf = encoders.common.read_hf_config(REPO / "configs/encoders/deberta-v3-large/config.json")
+  cfg = encoders.config_from_hf(dict(hf, hidden_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=512,
+                                     vocab_size=1000, position_buckets=32))
+  model = encoders.new_encoder(cfg)
+  model.eval()
+  ids = np.ones((2, 128), np.int32)
+  xla = jax.jit(lambda i, m: model(i, m).last_hidden_state).lower(ids, ids).compile()
+  ratio = flops.encoder_flops(cfg, 2 * 128, 128) / xla.cost_analysis()["flops"]
+  assert 0.85 < ratio <= 1.0, ratio
+
+
+def test_gemm_probe_measures_a_positive_rate():
+  from glidre_jax.bench import flops
+  rate = flops.gemm_flops_per_s(256, repeats=2)
+  assert 1e8 < rate < 1e16

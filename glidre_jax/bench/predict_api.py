@@ -24,12 +24,13 @@ from glidre_jax.data import registry
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.bench import common
 from glidre_jax.data import assets
+from glidre_jax.train import peak_rss_mb
 
 COLUMNS = [("B", "batch_size", "d"), ("docs", "docs", "d"),
            ("doc/s cached", "docs_per_s_cached", ".2f"),
            ("doc/s uncached", "docs_per_s_uncached", ".2f"),
            ("label encoder calls (uncached)", "label_encoder_calls_uncached", "d"),
-           ("compilations", "predict_compilations", "d")]
+           ("compilations", "predict_compilations", "d"), ("peak RSS MB", "peak_rss_mb", ".0f")]
 
 
 def load_model(checkpoint: str | None) -> GLiDREPredictor:
@@ -69,7 +70,8 @@ def main(argv=None):
                  "docs_per_s_cached": len(docs) / cached,
                  "docs_per_s_uncached": len(docs) / uncached,
                  "label_encoder_calls_uncached": model.label_encoder_calls - calls,
-                 "predict_compilations": model.predictor.num_traces})
+                 "predict_compilations": model.predictor.num_traces,
+                 "peak_rss_mb": peak_rss_mb()})  # of the process so far (only grows)
     print(common.format_table(rows[-1:], COLUMNS), flush=True)
   out = pathlib.Path(args.out)
   common.write_results(out, "predict_api", rows, checkpoint=args.checkpoint,

@@ -15,9 +15,16 @@ each batch size B (ascending) it reports
 - inference on a fixed set of documents: documents/s of the GLiDRE forward
   (Predictor.predict_step with cached label vectors) and of the bare text
   encoder on the same padded batches, and their time ratio;
-- the process's peak RSS so far (ru_maxrss only grows), and the 1-minute
-  load average (other processes on the machine inflate the times).
-Writes throughput.{json,csv,png} into --out.
+- the analytic FLOPs of each (`glidre_jax.bench.flops`: encoders, head per
+  real pair, padded pairs), the machine's measured fp32 GEMM rate, and the
+  utilisation (MFU) against the real work (the FLOP floor) and against the
+  work executed;
+- the process's peak RSS after training and after inference (ru_maxrss only
+  grows: `--mode predict` measures inference alone), and the 1-minute load
+  average (other processes on the machine inflate the times).
+`--same_work` reproduces the official code's work (head width 768, label
+encoder trained, attention dropout 0.1, LOP on, batch 4). Writes
+throughput.{json,csv,png} into --out.
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ from flax import nnx
 
 from glidre_jax import run_dir, sharding, shipped, trainer as trainer_lib
 from glidre_jax.data import pairs, registry
-from glidre_jax.bench import common
+from glidre_jax.bench import common, flops
 from glidre_jax.data.featurize import collate, feature_shape
 from glidre_jax.train import peak_rss_mb
 
@@ -42,8 +49,20 @@ COLUMNS = [("B", "batch_size", "d"), ("step s", "train_step_s", ".3f"),
            ("compiles", "train_compilations", "d"), ("infer doc/s", "glidre_docs_per_s", ".2f"),
            ("encoder doc/s", "encoder_docs_per_s", ".2f"),
            ("GLiDRE/enc", "glidre_over_encoder", ".2f"),
-           ("XLA arg+temp MiB", "xla_train_mib", ".0f"), ("peak RSS MB", "peak_rss_mb", ".0f"),
+           ("train MFU real", "train_mfu_real", ".2f"), ("train MFU exec", "train_mfu_executed", ".2f"),
+           ("infer MFU real", "infer_mfu_real", ".2f"),
+           ("XLA arg+temp MiB", "xla_train_mib", ".0f"),
+           ("train RSS MB", "train_peak_rss_mb", ".0f"), ("peak RSS MB", "peak_rss_mb", ".0f"),
            ("load", "load_avg_1m", ".1f")]
+# The official code's work (issue 16): what `--same_work` sets.
+SAME_WORK = ["model.hidden_size=768", "train.freeze_label_encoder=False",
+             "encoder_attention_dropout=0.1", "model.lop=True", "data.batch_size=4"]
+
+
+def mean_flops(model, batches: list[dict], **kw) -> dict:
+  """Mean step FLOPs (flops.step_flops) over collated numpy batches."""
+  counts = [flops.step_flops(model, flops.batch_shape(b), **kw) for b in batches]
+  return {k: float(np.mean([c[k] for c in counts])) for k in counts[0]}
 
 
 def bench_features(data: registry.DataSetup, split: str, bucket: tuple | None):
@@ -78,7 +97,8 @@ def one_shape(chunks, data, labels: dict, batch_size: int) -> list[dict]:
   return [collate(c, data.buckets, labels, batch_size, need=need) for c in chunks]
 
 
-def measure_train(trainer, state, batches: list[dict]) -> tuple[dict, object]:
+def measure_train(trainer, state, batches: list[dict], model, peak: float
+                  ) -> tuple[dict, object]:
   traces = trainer.num_traces
   placed = [trainer.place(b) for b in batches]
   first, state = common.timed(functools.partial(trainer.train_step, state, placed[0]))
@@ -92,7 +112,14 @@ def measure_train(trainer, state, batches: list[dict]) -> tuple[dict, object]:
   step = float(np.median(times))
   b = len(batches[0]["doc_mask"])
   mib = (mem["argument_bytes"] + mem["temp_bytes"]) / 2**20 if mem else None
-  return {"train_step_s": step, "train_step_min_s": min(times), "train_step_max_s": max(times),
+  frozen = trainer.frozen_labels  # frozen: cached outside the step
+  work = mean_flops(model, batches[1:], train=True, label_encoder_in_step=not frozen,
+                    label_encoder_trained=not frozen)
+  use = flops.utilisation(work, step, peak)
+  return {"train_step_s": step, **{f"train_{k}": v for k, v in use.items()},
+          "train_pairs_real": float(np.mean([flops.batch_pair_counts(x)[0] for x in batches])),
+          "train_pairs_executed": float(np.mean([flops.batch_pair_counts(x)[1]
+                                                  for x in batches])), "train_step_min_s": min(times), "train_step_max_s": max(times),
           "train_docs_per_s": b / step, "train_first_call_s": first,
           "train_compile_s": first - step, "train_compilations": compilations,
           "xla_train_mib": mib}, state
@@ -114,7 +141,8 @@ def pass_seconds(fn, batches: list[dict], passes: int) -> float:
                           for _ in range(passes)]))
 
 
-def measure_inference(trainer, state, data, batches: list[dict], passes: int) -> dict:
+def measure_inference(trainer, state, data, batches: list[dict], passes: int, model,
+                      peak: float) -> dict:
   predictor, params, rest = trainer.predictor, state.params, state.rest
   vectors = predictor.label_step(params, rest, data.label_batch())
   glidre = lambda b: predictor.predict_step(params, rest, b, vectors)
@@ -126,7 +154,13 @@ def measure_inference(trainer, state, data, batches: list[dict], passes: int) ->
   docs = int(sum(b["doc_mask"].sum() for b in batches))
   t_glidre = pass_seconds(glidre, batches, passes)
   t_encoder = pass_seconds(encoder, batches, passes)
-  return {"infer_docs": docs, "predict_first_call_s": compile_s,
+  work = {k: sum(c[k] for c in (flops.step_flops(
+      model, flops.batch_shape(b), train=False, label_encoder_in_step=False,
+      label_encoder_trained=False, label_vectors_given=True) for b in batches))
+          for k in ("real", "executed")}
+  use = flops.utilisation(work, t_glidre, peak)
+  return {"infer_docs": docs, **{f"infer_{k}": v for k, v in use.items()},
+          "predict_first_call_s": compile_s,
           "predict_compilations": predictor.num_traces - traces,
           "encoder_first_call_s": encoder_compile_s, "glidre_docs_per_s": docs / t_glidre,
           "encoder_docs_per_s": docs / t_encoder, "glidre_over_encoder": t_glidre / t_encoder}
@@ -163,13 +197,21 @@ def main(argv=None):
   parser.add_argument("--bucket", default=None, help="L,W,E (default: the most common)")
   common.add_override_arg(parser)
   parser.add_argument("--quick", action="store_true", help="CPU-sized: fewer steps and documents")
+  parser.add_argument("--same_work", action="store_true",
+                      help="the official code's work: " + " ".join(SAME_WORK)
+                      + " (before --set; use --batch_sizes 4)")
+  parser.add_argument("--mode", choices=("both", "train", "predict"), default="both",
+                      help="predict: inference alone (its own peak RSS)")
+  parser.add_argument("--gemm_n", type=int, default=2048,
+                      help="size of the square fp32 matmul probe of the machine's GEMM rate")
   parser.add_argument("--out", default="results/throughput")
   args = parser.parse_args(argv)
   steps = args.steps or (5 if args.quick else 20)
   infer_docs = args.infer_docs or (16 if args.quick else 32)
   passes = args.passes or (1 if args.quick else 3)
 
-  config = common.apply_overrides(shipped.config_module("default").get_config(), args.set)
+  overrides = (SAME_WORK if args.same_work else []) + args.set
+  config = common.apply_overrides(shipped.config_module("default").get_config(), overrides)
   data = registry.data_setup(config)
   split = args.split or config.data.train_split
   feats, bucket, counts = bench_features(
@@ -177,29 +219,42 @@ def main(argv=None):
   print(f"{split}: {sum(counts.values())} documents, buckets (L, W, E) hit: "
         f"{dict(counts.most_common())}; benchmarking the {len(feats)} in {bucket}", flush=True)
   labels = data.label_batch()
-  trainer = trainer_lib.Trainer(run_dir.build_model(config), config.train,
-                                sharding.make_mesh(1, 1, jax.devices()[:1]))
-  state = trainer.initial_state
+  peak = flops.gemm_flops_per_s(args.gemm_n)
+  print(f"fp32 GEMM probe ({args.gemm_n}³): {peak / 1e9:.1f} GFLOP/s", flush=True)
+  model = run_dir.build_model(config)
+  trainer = trainer_lib.Trainer(model, config.train, sharding.make_mesh(1, 1, jax.devices()[:1]))
+  if args.mode == "predict":  # no optimizer state allocated: inference's own RSS
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    state = trainer_lib.TrainState(None, nnx.as_pure(params), nnx.as_pure(rest), None, {})
+  else:
+    state = trainer.initial_state
   rows = []
   for b in sorted(common.parse_ints(args.batch_sizes)):
     row = {"batch_size": b, "bucket": "x".join(map(str, bucket)), "timed_steps": steps}
-    train_row, state = measure_train(trainer, state, train_batches(feats, b, steps + 1, data,
-                                                                   labels))
-    chunks = [feats[s:s + b] for s in range(0, min(infer_docs, len(feats)), b)]
-    batches = one_shape(chunks, data, labels, b)
-    row.update(train_row, **measure_inference(trainer, state, data, batches, passes),
-               peak_rss_mb=peak_rss_mb(), load_avg_1m=os.getloadavg()[0])
+    if args.mode != "predict":
+      train_row, state = measure_train(trainer, state, train_batches(
+          feats, b, steps + 1, data, labels), model, peak)
+      row.update(train_row, train_peak_rss_mb=peak_rss_mb())
+      print(f"B={b}: train step {row['train_step_s']:.3f} s (median of {steps}), MFU "
+            f"{row['train_mfu_real']:.2f} of the real work", flush=True)
+    if args.mode != "train":
+      chunks = [feats[s:s + b] for s in range(0, min(infer_docs, len(feats)), b)]
+      batches = one_shape(chunks, data, labels, b)
+      row.update(measure_inference(trainer, state, data, batches, passes, model, peak))
+      print(f"B={b}: inference {row['glidre_docs_per_s']:.2f} docs/s, MFU "
+            f"{row['infer_mfu_real']:.2f} of the real work", flush=True)
+    row.update(peak_rss_mb=peak_rss_mb(), load_avg_1m=os.getloadavg()[0])
     rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-    print(f"B={b}: train step {row['train_step_s']:.3f} s (median of {steps}), inference "
-          f"{row['glidre_docs_per_s']:.2f} docs/s", flush=True)
   out = pathlib.Path(args.out)
-  setup = {"config": "configs/default.py", "overrides": args.set, "split": split,
+  setup = {"config": "configs/default.py", "overrides": overrides, "mode": args.mode,
+           "gemm_flops_per_s": peak, "gemm_probe_n": args.gemm_n, "split": split,
            "bucket": list(bucket), "bucket_documents": len(feats),
            "documents_per_bucket": {"x".join(map(str, k)): v for k, v in counts.items()},
            "padding": "featurize.collate with the training buckets (as the training pipeline)"}
   common.write_results(out, "throughput", rows, setup=setup)
-  plot(rows, out / "throughput.png", f"GLiDRE-MiniLM throughput, bucket {bucket}, "
-       f"{jax.devices()[0].platform}")
+  if args.mode == "both":
+    plot(rows, out / "throughput.png", f"GLiDRE-MiniLM throughput, bucket {bucket}, "
+         f"{jax.devices()[0].platform}")
   print("\n" + common.format_table(rows, COLUMNS))
   print(f"wrote {out}/throughput.{{json,csv,png}}")
 

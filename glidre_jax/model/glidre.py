@@ -247,6 +247,11 @@ class GLiDREModel(nnx.Module):
     pooled = self.token_rep_layer.encode_label_tokens(label_input_ids, label_attention_mask)
     if freeze_encoder:
       pooled = jax.lax.stop_gradient(pooled)
+    return self.label_vectors(pooled)
+
+  def label_vectors(self, pooled: jax.Array) -> jax.Array:
+    """Label vectors [K, D] from the label encoder's pooled states [K, d_label]
+    (computed once when that encoder is frozen)."""
     labels = self.token_rep_layer.project_labels(pooled)
     return self.prompt_rep_layer(labels).astype(jnp.float32)
 
