@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec .venv/bin/python -m pytest -q -ra "$@"
+# Two pytest-xdist workers (CI has 2 cores); whole files per worker so each
+# module-scoped fixture is built once. Later arguments win (`-n 0`: serial).
+exec .venv/bin/python -m pytest -q -ra -n 2 --dist loadfile "$@"

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 
@@ -92,10 +93,11 @@ def test_two_processes_match_one_and_resume_across_processes(tmp_path):
   menv = {**tiny_run.env(tmp_path / "cache_multi", devices=2), "NUM_PROCESSES": "2",
           "DEVICES_PER_PROCESS": "2", "PYTHON": sys.executable}
   # First half, stopping after the step-2 checkpoint (as if the job was cut).
-  _run_all(launcher + args(multi, 1, train__stop_after_step=2), menv)
+  _run_all(launcher + args(multi, 1, train__stop_after_step=2),
+           {**menv, "COORDINATOR_PORT": _free_port()})
   first = tiny_run.logged_losses(multi)
   # Second half: both processes restore the checkpoint and continue.
-  log = _run_all(launcher + args(multi, 1), menv)
+  log = _run_all(launcher + args(multi, 1), {**menv, "COORDINATOR_PORT": _free_port()})
   assert "resumed from step 2" in log
   second = tiny_run.logged_losses(multi)
 
@@ -103,6 +105,14 @@ def test_two_processes_match_one_and_resume_across_processes(tmp_path):
   assert sorted(first) == [1, 2] and sorted(second) == [3, 4]
   for step, loss in {**first, **second}.items():
     assert loss == pytest.approx(expected[step], rel=1e-5), (step, loss, expected[step])
+
+
+def _free_port() -> str:
+  """A port no other process listens on now: the launcher's random default
+  could collide with another test's coordinator under pytest-xdist."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return str(s.getsockname()[1])
 
 
 def _run_all(argv, env, timeout=600):
@@ -156,7 +166,8 @@ def test_two_processes_cross_buckets_and_windows_like_one(tmp_path):
   multi = tmp_path / "multi"
   _run_all(["bash", "launch/local_multiprocess.sh", *args(multi, 1)],
            {**tiny_run.env(tmp_path / "cache_multi", devices=1), "NUM_PROCESSES": "2",
-            "DEVICES_PER_PROCESS": "1", "PYTHON": sys.executable})
+            "DEVICES_PER_PROCESS": "1", "PYTHON": sys.executable,
+            "COORDINATOR_PORT": _free_port()})
   one, two = (json.loads((w / "summary.json").read_text()) for w in (single, multi))
   # A compilation per global batch shape: several buckets were crossed.
   assert one["train_step_compilations"] == two["train_step_compilations"] >= 2
