@@ -31,7 +31,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.entity_buckets = (16, 32)
   # ~11 chemical -> disease pairs per abstract: pair FLOPs are negligible next to
   # the encoder, so few compilations beat tight padding (`python -m
-  # glidre_jax.data.pairs --config=cdr --batch_sizes=4,8 --max_padding=0.3`:
+  # glidre_jax.data.pair_buckets --config=cdr --batch_sizes=4,8 --max_padding=0.3`:
   # padding ratio 1.26 / 1.23).
   c.data.pair_buckets = (32, 48, 72, 104, 144, 248)
   c.data.window_stride = 256

@@ -30,7 +30,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.seq_buckets = (128, 256, 512)
   c.data.word_buckets = (64, 128, 256, 512)
   c.data.entity_buckets = (8, 16, 32, 48)
-  c.data.pair_buckets = (8, 16, 48, 96)  # `python -m glidre_jax.data.pairs --config=custom`
+  c.data.pair_buckets = (8, 16, 48, 96)  # `python -m glidre_jax.data.pair_buckets --config=custom`
   c.train.steps = 60
   c.train.eval_every = 30
   c.train.checkpoint_every = 30

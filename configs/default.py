@@ -59,7 +59,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       word_buckets=(128, 256, 512),
       entity_buckets=(16, 32, 48),
       # Packed real pairs per shard (data/pairs.py): chosen from dev[:400] at
-      # batch sizes 1, 4 and 8 by `python -m glidre_jax.data.pairs` (padding
+      # batch sizes 1, 4 and 8 by `python -m glidre_jax.data.pair_buckets` (padding
       # ratio 1.14 / 1.13 / 1.13).
       pair_buckets=(184, 272, 384, 512, 656, 872, 1208, 1632, 1992, 2504, 3280, 4280, 5368),
       batch_size=4,

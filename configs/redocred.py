@@ -33,7 +33,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.eval_split = "dev"
   c.data.batch_size = 16
   c.data.entity_buckets = (16, 32, 48, 64)
-  # `python -m glidre_jax.data.pairs --batch_sizes=1,8,16` on dev[:400] (the
+  # `python -m glidre_jax.data.pair_buckets --batch_sizes=1,8,16` on dev[:400] (the
   # shipped proxy of the training split): padding ratio <= 1.15 at 1, 8, 16.
   c.data.pair_buckets = (184, 272, 384, 512, 656, 872, 1128, 2504, 3280, 4280, 5368, 6648,
                          9472)
