@@ -234,10 +234,9 @@ class GLiDREPredictor:
     out: list[np.ndarray | None] = [None] * len(docs)
     for chunk, batch, probs in self._batches(feats, labels, batch_size or self.batch_size,
                                              cache_labels, None):
-      scored = pairs_lib.dense_pair_mask(batch)
-      for row, i in enumerate(chunk):
+      for row, i in enumerate(chunk):  # the predict step leaves unscored pairs at 0
         n = len(docs[i].entities)
-        out[i] = probs[row, :n, :n] * scored[row, :n, :n, None]
+        out[i] = probs[row, :n, :n]
     return out
 
   def predict(self, documents: Sequence, labels: Sequence[str],
