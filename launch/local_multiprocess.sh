@@ -6,6 +6,7 @@
 #   NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 bash launch/local_multiprocess.sh \
 #       --config=configs/default.py:tiny --config.mesh.model=2
 #
+# Other XLA_FLAGS in the environment are kept (a later device count wins).
 # When one process fails (or this script is stopped) the others are killed:
 # alone they would wait forever in their next collective.
 set -euo pipefail
@@ -18,7 +19,7 @@ pids=()
 stop_all() { kill "${pids[@]}" 2>/dev/null || true; }
 trap 'stop_all; exit 143' INT TERM
 for ((i = 0; i < N; i++)); do
-  XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES}" JAX_PLATFORMS=cpu \
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${DEVICES}" JAX_PLATFORMS=cpu \
     "$PY" -m glidre_jax.train --coordinator_address="127.0.0.1:${PORT}" \
     --num_processes="$N" --process_id="$i" "$@" &
   pids+=($!)

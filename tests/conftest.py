@@ -17,6 +17,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The suite compiles hundreds of programs that then run for milliseconds:
+# LLVM at -O0 cuts XLA:CPU compile time by about 40 % (same HLO, same fusion
+# decisions; results differ from -O2 in float rounding only). Subprocesses
+# inherit it (tests/scripts/tiny_run.py and launch/local_multiprocess.sh keep
+# the inherited XLA_FLAGS). Benchmarks and users run XLA's default.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_backend_optimization_level=0").strip()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -8,11 +8,14 @@ import pytest
 
 from glidre_jax import sharding
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "scripts"))
+import tiny_run  # noqa: E402
+
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def _env(devices: int) -> dict:
-  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  return {**os.environ, "XLA_FLAGS": tiny_run.with_device_count(devices),
           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
 
 

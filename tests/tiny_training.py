@@ -3,13 +3,14 @@ width 32 with MiniLM's vocabulary and tokenizer) and real batches of shipped
 Re-DocRED dev documents, small enough for many train steps on a CPU."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax.numpy as jnp
 
 from configs import default
 from glidre_jax import encoders
-from glidre_jax.data import assets, featurize as featurize_lib
+from glidre_jax.data import assets, featurize as featurize_lib, pairs
 from glidre_jax.data.readers import read_docred
 from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data.tokenize import load_tokenizer, minilm_path
@@ -51,6 +52,9 @@ def batches(num: int = 4, batch_size: int = 2) -> tuple[dict, ...]:
   feats = [featurize_lib.featurize(d, tok, index, 128) for d in docs]
   feats = [dict(f, labels=f["labels"][..., :NUM_LABELS]) for f in feats]  # the first labels
   labels = featurize_lib.label_batch(tok, list(schema.names[:NUM_LABELS]))
-  return tuple(featurize_lib.collate(feats[i:i + batch_size], BUCKETS, labels,
-                                     batch_size=batch_size)
-               for i in range(0, len(feats), batch_size))
+  groups = [feats[i:i + batch_size] for i in range(0, len(feats), batch_size)]
+  # One pair bucket above the fullest batch: every batch has one shape (one
+  # compile per test) and some pair padding.
+  most = max(sum(pairs.num_pairs(f) for f in g) for g in groups)
+  buckets = dataclasses.replace(BUCKETS, pairs=(most // 64 * 64 + 64,))
+  return tuple(featurize_lib.collate(g, buckets, labels, batch_size=batch_size) for g in groups)

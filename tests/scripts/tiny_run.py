@@ -45,13 +45,20 @@ def logged_losses(workdir: pathlib.Path) -> dict[int, float]:
   return {int(step): loss for step, loss in summary["logged_losses"]}
 
 
+def with_device_count(devices: int) -> str:
+  """XLA_FLAGS for `devices` CPU devices, keeping the other inherited flags."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])
+
+
 def env(cache_dir: pathlib.Path, devices: int) -> dict[str, str]:
   """Environment of a CPU training process with `devices` devices; compiled
   steps are cached (in the test session's cache, tests/conftest.py, else in
   `cache_dir`), so a restarted command does not compile again (the same
   executables: results are unchanged)."""
   return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+          "XLA_FLAGS": with_device_count(devices),
           "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR",
                                                       str(cache_dir)),
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
