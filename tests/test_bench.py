@@ -12,6 +12,16 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 # Short documents in one bucket: one shape, so one compilation per step function.
 SMALL = ["--set", "data.max_length=128", "--set", "data.seq_buckets=(128,)",
          "--set", "data.word_buckets=(128,)", "--set", "data.entity_buckets=(48,)"]
+sys.path.insert(0, str(REPO / "tests" / "scripts"))
+import tiny_run  # noqa: E402
+
+
+def tiny_encoders(path) -> list[str]:
+  """A tiny random BERT as both encoders, and one pair bucket (2 × 48 × 47
+  pairs at most): training runs of seconds, one compile per step function."""
+  encoder = tiny_run.tiny_bert(path)
+  return ["--set", f"text_encoder={encoder}", "--set", f"label_encoder={encoder}",
+          "--set", "data.pair_buckets=(4512,)"]
 
 
 def test_throughput_cli_measures_one_shape(tmp_path):
@@ -67,7 +77,8 @@ def test_few_shot_cli_trains_scores_and_reuses(tmp_path, redocred_dev_path):
   cmd = [sys.executable, "-m", "glidre_jax.bench.few_shot", "--sizes", "1,2", "--seeds", "0",
          "--steps", "2", "--max_docs", "2", "--test_file", str(test_file), "--out", str(out),
          "--set", "data.batch_size=2", "--set", "data.eval_batch_size=2",
-         "--set", f"data.tfds_dir={tmp_path / 'tfds'}", *SMALL]
+         "--set", f"data.tfds_dir={tmp_path / 'tfds'}", *SMALL,
+         *tiny_encoders(tmp_path / "bert")]
   run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   for name in ("few_shot.json", "few_shot.csv", "few_shot_curve.csv", "few_shot.png"):

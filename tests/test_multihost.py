@@ -82,7 +82,10 @@ def test_two_processes_match_one_and_resume_across_processes(tmp_path):
                                                *tiny_run.train_args(
       encoder, workdir, tmp_path / "tfds", mesh__data=2, mesh__model=2,
       data__batch_size=batch_size, data__max_length=128, data__seq_buckets="(128,)",
-      data__word_buckets="(128,)", data__train_split="dev[:8]", train__steps=4,
+      data__word_buckets="(128,)", data__entity_buckets="(48,)",
+      # One shape (a pair shard holds one document: 48 × 47 pairs at most);
+      # crossing buckets is the next test's.
+      data__pair_buckets="(2256,)", data__train_split="dev[:8]", train__steps=4,
       train__eval_every=4, train__checkpoint_every=2, **extra)]
   single = tmp_path / "single"
   _run_all([sys.executable, "-m", "glidre_jax.train", *args(single, 2)],

@@ -31,6 +31,9 @@ from glidre_jax import decoding, shipped
 from glidre_jax.data import inputs
 from hf_cache import folder_files, lay_out
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "scripts"))
+import tiny_run  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SCRIPTS = ("glidre-train", "glidre-evaluate", "glidre-predict", "glidre-export", "glidre-import")
@@ -224,6 +227,8 @@ import json, pathlib, sys
 import numpy as np
 import glidre_jax
 from glidre_jax import GLiDRE, shipped
+# The prediction API is light: no TFDS, no torch.
+assert "tensorflow_datasets" not in sys.modules and "torch" not in sys.modules
 venv = pathlib.Path(sys.argv[1])
 assert pathlib.Path(glidre_jax.__file__).is_relative_to(venv), glidre_jax.__file__
 for name in ("configs", "converters"):  # no generic top-level names installed
@@ -282,11 +287,11 @@ def test_installed_wheel_end_to_end(tmp_path, redocred_dev_path):
   env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
              HF_HOME=str(tmp_path / "hf"), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   python = str(bin_dir / "python")
-  light = ("import sys, glidre_jax; from glidre_jax import GLiDRE; "
-           "assert 'tensorflow_datasets' not in sys.modules and 'torch' not in sys.modules")
-  _run([python, "-c", light], work, env)
-
+  # A tiny random BERT (MiniLM's tokenizer) as both encoders: seconds to train.
+  encoder = tiny_run.tiny_bert(tmp_path / "bert")
   out = _run([str(bin_dir / "glidre-train"), "--config=default:tiny", "--workdir=run",
+              f"--config.text_encoder={encoder}", f"--config.label_encoder={encoder}",
+              "--config.data.pair_buckets=(4512,)",
               "--config.train.steps=2", "--config.train.eval_every=2",
               "--config.train.checkpoint_every=2", "--config.train.log_every=1",
               "--config.data.train_split=dev[:4]", "--config.data.eval_split=dev[400:402]",

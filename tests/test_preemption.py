@@ -35,7 +35,8 @@ def command(tmp_path_factory):
                                  data__train_split="dev[:8]", data__batch_size=2,
                                  data__max_length=128, data__seq_buckets="(128,)",
                                  data__word_buckets="(128,)", data__entity_buckets="(48,)",
-                                 train__steps=STEPS, train__checkpoint_every=EVERY)]
+                                 # One shape (2 × 48 × 47 pairs at most): one compile.
+                                 data__pair_buckets="(4512,)", train__steps=STEPS, train__checkpoint_every=EVERY)]
   return argv, tiny_run.env(root / "jax_cache", devices=1)
 
 

@@ -14,11 +14,15 @@ from glidre_jax import checkpointing, evaluate
 from glidre_jax import train as train_lib
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "scripts"))
+import tiny_run  # noqa: E402
 
 
 def small_config(tmp_path, steps=4):
-  """A run that takes seconds per step: short documents, one small bucket."""
+  """A run that takes seconds per step: short documents, one small bucket,
+  a tiny random BERT (MiniLM's tokenizer) as both encoders."""
   c = default.get_config("tiny")
+  c.text_encoder = c.label_encoder = str(tiny_run.tiny_bert(tmp_path / "bert"))
   c.workdir = str(tmp_path / "run")
   c.data.tfds_dir = str(tmp_path / "tfds")
   c.data.train_split = "dev[:6]"
@@ -58,8 +62,10 @@ def test_train_step_compiles_once_per_bucket_shape(tmp_path):
 @pytest.mark.slow
 def test_train_and_evaluate_clis(tmp_path, redocred_dev_path):
   workdir = tmp_path / "run"
+  encoder = tiny_run.tiny_bert(tmp_path / "bert")
   cmd = [sys.executable, "-m", "glidre_jax.train", "--config=configs/default.py:tiny",
          f"--workdir={workdir}", "--config.train.steps=1", "--config.train.eval_every=1",
+         f"--config.text_encoder={encoder}", f"--config.label_encoder={encoder}",
          "--config.data.max_length=128", "--config.data.seq_buckets=(128,)",
          "--config.data.word_buckets=(128,)", "--config.data.train_split=dev[:4]",
          "--config.data.eval_split=dev[400:402]", f"--config.data.tfds_dir={tmp_path / 'tfds'}"]
