@@ -106,9 +106,9 @@ def test_two_processes_cross_buckets_and_windows_and_resume_like_one(tmp_path):
   doesn't match expected size')."""
   from glidre_jax.data.tokenize import load_tokenizer, minilm_path, tokenize_words
   encoder = tiny_run.tiny_bert(tmp_path / "bert")
-  # Sorted by length, the global batches are [dev 8, dev 6] (entity buckets 32
-  # and 16 on their own) and [dev 7, dev 5] (single-pass and 3 windows); each
-  # process holds one document of each (one data device per process).
+  # Sorted by length, the global batches are [dev 8, dev 6] and [dev 7, dev 5]
+  # (single-pass and 3 windows); each process holds one document of each (one
+  # data device per process), whose own rows would pick other buckets.
   split, max_length, stride, steps = "dev[5:9]", 256, 128, 4
   # The embedded default's buckets; documents over 256 subwords come in windows.
   args = lambda workdir, batch_size, **extra: ["--config=configs/default.py", *tiny_run.train_args(
@@ -118,8 +118,7 @@ def test_two_processes_cross_buckets_and_windows_and_resume_like_one(tmp_path):
   from configs import default
   from glidre_jax.data import assets, readers, relations
   d = default.get_config().data
-  assert (d.seq_buckets, d.word_buckets, d.entity_buckets) == ((256, 512), (128, 256, 512),
-                                                              (16, 32, 48))
+  assert (d.seq_buckets, d.word_buckets) == ((256, 512), (128, 256, 512))
   docs = readers.read_docred(assets.asset_path("redocred", "dev_revised.json"),
                              relations.RelationSchema.from_file(
                                  assets.asset_path("docred", "rel_info.json")))[5:9]

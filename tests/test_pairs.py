@@ -180,8 +180,9 @@ def test_chosen_buckets_are_the_fewest_that_meet_the_padding_bound():
 
 def test_default_pair_buckets_fit_the_training_documents(tok, schema, dev_docs):
   """configs/default.py's pair_buckets keep the padding ratio (pairs scored /
-  real pairs) within 15 % on its 400 training documents, batches as the
-  training pipeline draws them, at the embedded batch size and at 1 and 8."""
+  real pairs) within 25 % (the bound they were chosen for) on its 400
+  training documents, batches as the training pipeline draws them, at the
+  embedded batch size and at 1 and 8."""
   from configs import default
   d = default.get_config().data
   index = {n: k for k, n in enumerate(schema.names)}
@@ -194,4 +195,4 @@ def test_default_pair_buckets_fit_the_training_documents(tok, schema, dev_docs):
                                 d.shuffle_seed, 1)
     batches = [order[i:i + batch_size] for i in range(0, 400, batch_size)]
     ratio = pair_buckets.padding_ratio(pair_buckets.batch_totals(counts, batches), d.pair_buckets)
-    assert ratio <= 1.15, (batch_size, ratio)
+    assert ratio <= 1.25, (batch_size, ratio)
