@@ -8,7 +8,9 @@ needs a score above its threshold on both paths.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -72,9 +74,14 @@ class Decoder:
     score = probs[b, h, t, k]
     order = np.lexsort((-score, b))
     out = [[] for _ in range(probs.shape[0])]
-    for i in order:  # the reported triples only
-      out[b[i]].append({"head": int(h[i]), "tail": int(t[i]), "label": self.labels[k[i]],
-                        "score": round(float(score[i]), 6)})
+    labels = self.labels
+    # Python ints and floats in one pass each (a permissive threshold reports
+    # tens of thousands of triples per document).
+    with gc_paused():
+      for row, head, tail, label, value in zip(*(x[order].tolist()
+                                                 for x in (b, h, t, k, score))):
+        out[row].append({"head": head, "tail": tail, "label": labels[label],
+                         "score": round(value, 6)})
     return out
 
 
@@ -170,14 +177,31 @@ def entity_records(item, doc) -> list[dict]:
 def attach_entities(triples: list[dict], entities: Sequence[dict]) -> list[dict]:
   """Adds head_id / tail_id, head_text / tail_text, head_span / tail_span and
   span_unit to each triple, in place."""
-  for triple in triples:
-    for side in ("head", "tail"):
-      entity = entities[triple[side]]
-      triple[f"{side}_id"] = entity["id"]
-      triple[f"{side}_text"] = entity["text"]
-      triple[f"{side}_span"] = list(entity["span"])
-    triple["span_unit"] = entities[triple["head"]]["unit"]
+  ids = [e["id"] for e in entities]
+  texts = [e["text"] for e in entities]
+  spans = [tuple(e["span"]) for e in entities]
+  units = [e["unit"] for e in entities]
+  with gc_paused():
+    for triple in triples:
+      h, t = triple["head"], triple["tail"]
+      triple.update(head_id=ids[h], head_text=texts[h], head_span=list(spans[h]),
+                    tail_id=ids[t], tail_text=texts[t], tail_span=list(spans[t]),
+                    span_unit=units[h])
   return triples
+
+
+@contextlib.contextmanager
+def gc_paused():
+  """Python's cyclic collector off while many small dicts and lists are made
+  (none forms a cycle): it would otherwise rescan them again and again, most
+  of the time of decoding a permissive threshold's triples."""
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if enabled:
+      gc.enable()
 
 
 # -- evaluation candidates (glidre_jax.evaluate) ------------------------------

@@ -285,3 +285,24 @@ def test_cli_errors_after_input_parsing(run_dir, tmp_path, capsys, case):
   err = capsys.readouterr().err
   assert err.startswith("error: ") and re.search(re.escape(str(culprit)), err), err
   assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_decoding_leaves_the_garbage_collector_as_it_was():
+  """Decoding pauses Python's cyclic GC (many small dicts) and restores it,
+  also after an error, and leaves a disabled collector disabled."""
+  import gc
+
+  from glidre_jax import decoding
+  assert gc.isenabled()
+  with pytest.raises(RuntimeError):
+    with decoding.gc_paused():
+      assert not gc.isenabled()
+      raise RuntimeError("in decoding")
+  assert gc.isenabled()
+  gc.disable()
+  try:
+    with decoding.gc_paused():
+      pass
+    assert not gc.isenabled()
+  finally:
+    gc.enable()
