@@ -291,8 +291,6 @@ def test_decoding_leaves_the_garbage_collector_as_it_was():
   """Decoding pauses Python's cyclic GC (many small dicts) and restores it,
   also after an error, and leaves a disabled collector disabled."""
   import gc
-
-  from glidre_jax import decoding
   assert gc.isenabled()
   with pytest.raises(RuntimeError):
     with decoding.gc_paused():
