@@ -6,22 +6,21 @@ import sys
 
 import pytest
 
+import tiny_run
 from glidre_jax.bench import common, few_shot, throughput
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 # Short documents in one bucket: one shape, so one compilation per step function.
 SMALL = ["--set", "data.max_length=128", "--set", "data.seq_buckets=(128,)",
          "--set", "data.word_buckets=(128,)", "--set", "data.entity_buckets=(48,)"]
-sys.path.insert(0, str(REPO / "tests" / "scripts"))
-import tiny_run  # noqa: E402
 
 
 def tiny_encoders(path) -> list[str]:
-  """A tiny random BERT as both encoders, and one pair bucket (2 × 48 × 47
-  pairs at most): training runs of seconds, one compile per step function."""
+  """A tiny random BERT as both encoders, and one pair bucket: training runs
+  of seconds, one compile per step function."""
   encoder = tiny_run.tiny_bert(path)
   return ["--set", f"text_encoder={encoder}", "--set", f"label_encoder={encoder}",
-          "--set", "data.pair_buckets=(4512,)"]
+          "--set", f"data.pair_buckets={tiny_run.ONE_PAIR_BUCKET}"]
 
 
 def test_throughput_cli_measures_one_shape(tmp_path):

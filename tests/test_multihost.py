@@ -16,8 +16,7 @@ from glidre_jax.data import batching, windows
 from glidre_jax.data.featurize import Buckets
 from glidre_jax.data.pipeline import build_dataset, make_iterator
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent / "scripts"))
-import tiny_run  # noqa: E402
+import tiny_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

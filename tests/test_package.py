@@ -29,10 +29,8 @@ from packaging.requirements import Requirement
 
 from glidre_jax import decoding, shipped
 from glidre_jax.data import inputs
+import tiny_run
 from hf_cache import folder_files, lay_out
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent / "scripts"))
-import tiny_run  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -291,7 +289,7 @@ def test_installed_wheel_end_to_end(tmp_path, redocred_dev_path):
   encoder = tiny_run.tiny_bert(tmp_path / "bert")
   out = _run([str(bin_dir / "glidre-train"), "--config=default:tiny", "--workdir=run",
               f"--config.text_encoder={encoder}", f"--config.label_encoder={encoder}",
-              "--config.data.pair_buckets=(4512,)",
+              f"--config.data.pair_buckets={tiny_run.ONE_PAIR_BUCKET}",
               "--config.train.steps=2", "--config.train.eval_every=2",
               "--config.train.checkpoint_every=2", "--config.train.log_every=1",
               "--config.data.train_split=dev[:4]", "--config.data.eval_split=dev[400:402]",

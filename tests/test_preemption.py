@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent / "scripts"))
-import tiny_run  # noqa: E402
+import tiny_run
 
 REPO = tiny_run.REPO
 STEPS, EVERY = 6, 2  # checkpoints at 2, 4, 6; the two newest are kept
@@ -35,8 +34,8 @@ def command(tmp_path_factory):
                                  data__train_split="dev[:8]", data__batch_size=2,
                                  data__max_length=128, data__seq_buckets="(128,)",
                                  data__word_buckets="(128,)", data__entity_buckets="(48,)",
-                                 # One shape (2 × 48 × 47 pairs at most): one compile.
-                                 data__pair_buckets="(4512,)", train__steps=STEPS, train__checkpoint_every=EVERY)]
+                                 data__pair_buckets=tiny_run.ONE_PAIR_BUCKET,
+                                 train__steps=STEPS, train__checkpoint_every=EVERY)]
   return argv, tiny_run.env(root / "jax_cache", devices=1)
 
 

@@ -8,8 +8,7 @@ import pytest
 
 from glidre_jax import sharding
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "scripts"))
-import tiny_run  # noqa: E402
+import tiny_run
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

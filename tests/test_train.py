@@ -9,13 +9,12 @@ import sys
 import numpy as np
 import pytest
 
+import tiny_run
 from configs import default
 from glidre_jax import checkpointing, evaluate
 from glidre_jax import train as train_lib
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "scripts"))
-import tiny_run  # noqa: E402
 
 
 def small_config(tmp_path, steps=4):

@@ -25,6 +25,11 @@ def tiny_bert(path: pathlib.Path) -> pathlib.Path:
   return path
 
 
+# A pair bucket holding every pair of a batch of 2 documents (2 × 48 × 47 at
+# the tests' entity bucket 48): one shape, one compile per step function.
+ONE_PAIR_BUCKET = "(4512,)"
+
+
 def train_args(encoder: pathlib.Path, workdir: pathlib.Path, tfds_dir: pathlib.Path,
                **overrides) -> list[str]:
   """`glidre_jax.train` flags of a tiny run; `overrides` are config.* fields
