@@ -179,7 +179,7 @@ def attach_entities(triples: list[dict], entities: Sequence[dict]) -> list[dict]
   span_unit to each triple, in place."""
   ids = [e["id"] for e in entities]
   texts = [e["text"] for e in entities]
-  spans = [tuple(e["span"]) for e in entities]
+  spans = [e["span"] for e in entities]  # copied per triple below
   units = [e["unit"] for e in entities]
   with gc_paused():
     for triple in triples:
