@@ -136,14 +136,14 @@ def test_two_processes_cross_buckets_and_windows_and_resume_like_one(tmp_path):
   # First half, stopping after the step-2 checkpoint (as if the job was cut).
   _run_all(launcher + args(multi, 1, train__stop_after_step=2),
            {**menv, "COORDINATOR_PORT": _free_port()})
-  first = dict(json.loads((multi / "summary.json").read_text())["logged_losses"])
+  first = tiny_run.logged_losses(multi)
   # Second half: both processes restore the checkpoint and continue.
   log = _run_all(launcher + args(multi, 1), {**menv, "COORDINATOR_PORT": _free_port()})
   assert "resumed from step 2" in log
   one, two = (json.loads((w / "summary.json").read_text()) for w in (single, multi))
   # A compilation per global batch shape: both buckets were crossed in each half.
   assert one["train_step_compilations"] == two["train_step_compilations"] == 2
-  expected, got = dict(one["logged_losses"]), {**first, **dict(two["logged_losses"])}
+  expected, got = tiny_run.logged_losses(single), {**first, **tiny_run.logged_losses(multi)}
   print("1 process × 4 devices:", expected, "\n2 processes × 2 devices:", got)
   assert sorted(first) == [1, 2] and sorted(got) == sorted(expected) == list(range(1, steps + 1))
   for step, loss in got.items():
