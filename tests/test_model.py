@@ -93,6 +93,27 @@ def test_scores_do_not_depend_on_batch_or_padding(docs_and_features, cfg):
       np.testing.assert_allclose(batched[1][i, :n, :n], alone[1][0, :n, :n], atol=1e-4)
 
 
+def test_label_batch_fits_the_longest_name_without_changing_label_vectors():
+  tok = load_tokenizer(minilm_path())
+  names = ["country of citizenship", "author", "located in the administrative territorial entity"]
+  fitted = featurize_lib.label_batch(tok, names, max_length=16, num_labels=4)
+  full = featurize_lib.label_batch(tok, names, max_length=16, num_labels=4, fit_length=False)
+  longest = len(tok(names[2])["input_ids"])
+  assert fitted["label_input_ids"].shape == (4, longest) and full["label_input_ids"].shape == (4, 16)
+  np.testing.assert_array_equal(fitted["label_mask"], full["label_mask"])
+  np.testing.assert_array_equal(full["label_attention_mask"][:, longest:], 0)
+  model = GLiDREModel(GLiDREConfig(hidden_size=256), load_encoder(minilm_path()),
+                      load_encoder(minilm_path()))
+  model.eval()
+  vectors = [model.encode_labels(b["label_input_ids"], b["label_attention_mask"])
+             for b in (fitted, full)]
+  np.testing.assert_allclose(vectors[0][:3], vectors[1][:3], atol=1e-5)
+  # a name over max_length still ends with its closing special token
+  short = featurize_lib.label_batch(tok, names, max_length=6)
+  assert short["label_input_ids"].shape == (3, 6)
+  assert short["label_input_ids"][2, -1] == tok.sep_token_id
+
+
 @pytest.mark.parametrize("cfg", [GLiDREConfig(hidden_size=256, dropout=0.0),
                                  GLiDREConfig(hidden_size=384, lop=False, dropout=0.0,
                                               adaptive_threshold=True)],

@@ -50,6 +50,7 @@ class StepShape:
   pairs_executed: int  # pairs the layout scores (padding included)
   labels: int  # K
   label_len: int  # T
+  label_tokens_real: int  # real subwords of the label names (the rest of K·T is padding)
 
 
 def head_flops_per_pair(d: int, words: int, labels: int, lop: bool) -> float:
@@ -81,6 +82,7 @@ def step_flops(model, shape: StepShape, *, train: bool, label_encoder_in_step: b
     text_exec += 2 * s.docs * s.words * text.hidden_size * d
     text_real += 2 * s.docs * s.words * text.hidden_size * d
   label_fwd = encoder_flops(label.config, s.labels * s.label_len, s.label_len)
+  label_real = encoder_flops(label.config, s.label_tokens_real, s.label_len)
   label_mult = 0.0 if not label_encoder_in_step else (mult if label_encoder_trained else 1.0)
   prompt = 0.0 if label_vectors_given else s.labels * (2 * d * 4 * d * 2
                                                         + 2 * label.hidden_size * d)
@@ -94,7 +96,7 @@ def step_flops(model, shape: StepShape, *, train: bool, label_encoder_in_step: b
            "labels_head": mult * prompt, "entities": mult * s.entities * per_entity,
            "pairs_real": mult * s.pairs_real * per_pair,
            "pairs_padding": mult * (s.pairs_executed - s.pairs_real) * per_pair}
-  real = (mult * text_real + parts["label_encoder"] + parts["labels_head"] + parts["entities"]
+  real = (mult * text_real + label_mult * label_real + parts["labels_head"] + parts["entities"]
           + parts["pairs_real"])
   return {**parts, "per_pair": per_pair, "real": real, "executed": sum(
       v for k, v in parts.items())}
@@ -112,13 +114,15 @@ def batch_shape(batch: dict, pairs: tuple[int, int] | None = None) -> StepShape:
   defaults to `batch_pair_counts`."""
   ids = np.asarray(batch["input_ids"])
   docs = np.asarray(batch["doc_mask"]).astype(bool)
+  labels = np.asarray(batch["label_mask"]).astype(bool)
   real, executed = batch_pair_counts(batch) if pairs is None else pairs
   return StepShape(sequences=int(np.prod(ids.shape[:-1])), seq_len=ids.shape[-1],
                    tokens_real=int(np.asarray(batch["attention_mask"])[docs].sum()),
                    docs=len(docs), words=np.asarray(batch["word_mask"]).shape[1],
                    entities=int(np.asarray(batch["entity_mask"]).size), pairs_real=real,
                    pairs_executed=executed, labels=np.asarray(batch["label_input_ids"]).shape[0],
-                   label_len=np.asarray(batch["label_input_ids"]).shape[1])
+                   label_len=np.asarray(batch["label_input_ids"]).shape[1],
+                   label_tokens_real=int(np.asarray(batch["label_attention_mask"])[labels].sum()))
 
 
 def gemm_flops_per_s(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:

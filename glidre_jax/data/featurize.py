@@ -184,12 +184,23 @@ def featurize(doc: Document, tokenizer, label_index: Mapping[str, int], max_leng
 
 
 def label_batch(tokenizer, names: Sequence[str], *, max_length: int = 16,
-                num_labels: int | None = None) -> dict[str, np.ndarray]:
-  """The shared label side of a batch; K padded to `num_labels` (label_mask 0)."""
+                num_labels: int | None = None, fit_length: bool = True
+                ) -> dict[str, np.ndarray]:
+  """The shared label side of a batch; K padded to `num_labels` (label_mask 0).
+
+  fit_length: T is the longest name's token count (at most max_length), as
+  the official code pads its label batch; a fixed label set keeps one shape,
+  and the label encoder runs no all-padding columns (Re-DocRED's 96 names:
+  T = 10 instead of 16, 26 % of a [96, 16] batch real). Label sets that
+  change per batch (open labels) pass False: T = max_length, one shape.
+  """
   k = len(names) if num_labels is None else num_labels
   if k < len(names):
     raise ValueError(f"num_labels={num_labels} < {len(names)} label names")
   ids, mask = encode_labels(tokenizer, names, max_length)
+  if fit_length:
+    t = int(mask.sum(1).max(initial=1))
+    ids, mask = ids[:, :t], mask[:, :t]
   pad = k - len(names)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   return {

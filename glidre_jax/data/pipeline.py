@@ -244,8 +244,8 @@ def build_dataset(source: Sequence[Any], *, tokenizer, label_names: Sequence[str
     index = {name: j for j, name in enumerate(names)}
     features = [None if f is None else open_labels_lib.remap_labels(f, index, k)
                 for f in features]
-    return features, names, label_batch(label_tokenizer, list(names),
-                                        max_length=label_max_length, num_labels=k)
+    return features, names, label_batch(label_tokenizer, list(names), max_length=label_max_length,
+                                        num_labels=k, fit_length=False)
 
   def to_batch(features: Sequence[dict | None]) -> dict:
     names, labels = tuple(label_names), fixed_labels
