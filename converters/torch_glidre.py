@@ -30,6 +30,8 @@ import torch
 import transformers
 from torch import nn
 
+from glidre_jax.data import label_split
+
 from . import official
 
 SUPPORTED_ENCODERS = ("bert", "deberta-v2")
@@ -181,7 +183,10 @@ class TorchGLiDRE(nn.Module):
     """Logits [B, E, E, K] (zeros for padding documents); with_threshold:
     (logits, threshold logits [B, E, E]) of the threshold_layer variant."""
     t = lambda name: torch.as_tensor(np.asarray(batch[name]))
-    labels = self.encode_labels(t("label_input_ids").long(), t("label_attention_mask").long())
+    # One padded batch of whole label names, as the official code encodes them.
+    label_ids, label_mask = label_split.joined(batch)
+    labels = self.encode_labels(torch.as_tensor(label_ids).long(),
+                                torch.as_tensor(label_mask).long())
     # The official model sees only real labels: its threshold input is their mean.
     label_mean = labels[t("label_mask").bool()].mean(0)
     ids, att_mask, word_index = t("input_ids").long(), t("attention_mask"), t("word_index").long()

@@ -69,8 +69,7 @@ class Predictor:
     return nnx.merge(self.graphdef, params, rest)
 
   def _label_step(self, params, rest, label_batch):
-    return self.model(params, rest).encode_labels(label_batch["label_input_ids"],
-                                                  label_batch["label_attention_mask"])
+    return self.model(params, rest).encode_labels(label_batch)
 
   def _predict_step(self, params, rest, batch, label_vectors=None):
     self.num_traces += 1  # runs at trace time only

@@ -241,7 +241,8 @@ def abstract_batch(config, num_labels: int, shards: int = 1) -> dict:
   l, w, e = max(d.seq_buckets), max(d.word_buckets), max(d.entity_buckets)
   k, t = num_labels, config.model.label_max_length
   p = pairs_lib.pick(d.pair_buckets, b // shards * e * e)
-  shapes = batch_lib.shapes(dict(B=b, L=l, W=w, E=e, K=k, T=t, S=shards, P=p), labels=True)
+  shapes = batch_lib.shapes(dict(B=b, L=l, W=w, E=e, K=k, T=t, G=0, U=t, S=shards, P=p),
+                            labels=True)
   return {name: jax.ShapeDtypeStruct(shape, batch_lib.dtype(name))
           for name, shape in shapes.items()}
 

@@ -12,6 +12,7 @@ import optax
 from flax import nnx
 
 from glidre_jax import inference, losses, sharding
+from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import pipeline
 from glidre_jax.model import params as model_params
 
@@ -108,7 +109,6 @@ def abstract_state(params, rest, train_cfg) -> TrainState:
 # Label token fields: with a frozen label encoder, Trainer.place swaps them
 # for a host-side key of the label set (LABEL_SET) and the step receives the
 # set's cached pooled label-encoder states instead.
-LABEL_TOKENS = ("label_input_ids", "label_attention_mask")
 LABEL_SET = "label_set"
 MAX_LABEL_SETS = 64  # cached label sets (open labels draw a new set per batch)
 
@@ -172,7 +172,7 @@ class Trainer:
     key = batch.pop(LABEL_SET, None)
     labels = None
     if self.frozen_labels:
-      tokens = {k: batch.pop(k) for k in LABEL_TOKENS}
+      tokens = {k: batch.pop(k) for k in batch_lib.LABEL_TOKEN_FIELDS}
       labels = self.label_states(state, key, tokens)
     with jax.set_mesh(self.mesh):  # sharding.constrain resolves against it
       state = self._train_step_jit(state, batch, labels)
@@ -201,8 +201,8 @@ class Trainer:
     frozen label encoder, the host-side key of its label set)."""
     placed = pipeline.to_device(batch, self.batch_sharding)
     if self.frozen_labels:
-      ids, mask = (np.asarray(batch[k]) for k in LABEL_TOKENS)
-      placed[LABEL_SET] = (ids.shape, ids.tobytes(), mask.tobytes())
+      placed[LABEL_SET] = tuple((k, np.shape(batch[k]), np.asarray(batch[k]).tobytes())
+                                for k in batch_lib.LABEL_TOKEN_FIELDS)
     return placed
 
   def lower(self, state: TrainState, batch: dict):
@@ -211,7 +211,7 @@ class Trainer:
     batch = {k: v for k, v in batch.items() if k != LABEL_SET}
     labels = None
     if self.frozen_labels:
-      tokens = {k: batch.pop(k) for k in LABEL_TOKENS}
+      tokens = {k: batch.pop(k) for k in batch_lib.LABEL_TOKEN_FIELDS}
       with jax.set_mesh(self.mesh):
         labels = jax.eval_shape(self._label_jit, state.params, state.rest, tokens)
       labels = jax.ShapeDtypeStruct(labels.shape, labels.dtype, sharding=sharding.named(self.mesh))
@@ -220,8 +220,7 @@ class Trainer:
 
   def _label_states(self, params, rest, tokens):
     model = nnx.merge(self.eval_graphdef, params, rest)
-    return model.token_rep_layer.encode_label_tokens(tokens["label_input_ids"],
-                                                     tokens["label_attention_mask"])
+    return model.token_rep_layer.encode_label_tokens(tokens)
 
   def _loss(self, params, rest, batch, label_states):
     # ZeRO-3: whole parameters for this step (a no-op when replicated).
@@ -231,8 +230,7 @@ class Trainer:
     model = nnx.merge(self.train_graphdef, params, rest)
     cfg = self.train_cfg
     if label_states is None:  # the label encoder trains: run it here
-      label_vectors = model.encode_labels(batch["label_input_ids"],
-                                          batch["label_attention_mask"])
+      label_vectors = model.encode_labels(batch)
     else:  # frozen: the encoder's pooled states came in, no gradient into them
       label_vectors = model.label_vectors(jax.lax.stop_gradient(label_states))
     output = model(batch, label_vectors)

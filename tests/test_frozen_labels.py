@@ -41,7 +41,7 @@ def reference_steps(trainer, batches):
 
   def loss_fn(params, rest, batch):
     model = nnx.merge(trainer.train_graphdef, params, rest)
-    vectors = model.encode_labels(batch["label_input_ids"], batch["label_attention_mask"],
+    vectors = model.encode_labels(batch,
                                   freeze_encoder=True)
     return losses.relation_loss(model(batch, vectors), batch, cfg.loss,
                                 alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)

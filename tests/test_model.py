@@ -93,25 +93,39 @@ def test_scores_do_not_depend_on_batch_or_padding(docs_and_features, cfg):
       np.testing.assert_allclose(batched[1][i, :n, :n], alone[1][0, :n, :n], atol=1e-4)
 
 
-def test_label_batch_fits_the_longest_name_without_changing_label_vectors():
+def test_label_batch_fits_and_splits_by_length_without_changing_label_vectors():
+  from glidre_jax.data import label_split
   tok = load_tokenizer(minilm_path())
-  names = ["country of citizenship", "author", "located in the administrative territorial entity"]
-  fitted = featurize_lib.label_batch(tok, names, max_length=16, num_labels=4)
-  full = featurize_lib.label_batch(tok, names, max_length=16, num_labels=4, fit_length=False)
-  longest = len(tok(names[2])["input_ids"])
-  assert fitted["label_input_ids"].shape == (4, longest) and full["label_input_ids"].shape == (4, 16)
-  np.testing.assert_array_equal(fitted["label_mask"], full["label_mask"])
-  np.testing.assert_array_equal(full["label_attention_mask"][:, longest:], 0)
+  schema = RelationSchema.from_file(assets.asset_path("docred", "rel_info.json"))
+  names = list(schema.names)  # 96 names of 3 to 10 subwords
+  lengths = [len(tok(name)["input_ids"]) for name in names]
+  split = featurize_lib.label_batch(tok, names, max_length=16, num_labels=100)
+  full = featurize_lib.label_batch(tok, names, max_length=16, num_labels=100, fit_length=False)
+  assert full["label_input_ids"].shape == (100, 16)
+  width = split["label_input_ids"].shape[1]
+  rows = split["label_long_rows"]
+  assert width < max(lengths) and split["label_long_input_ids"].shape == (len(rows), max(lengths))
+  assert rows.tolist() == [k for k, n in enumerate(lengths) if n > width]
+  slots = split["label_input_ids"].size + split["label_long_input_ids"].size
+  assert slots <= (1 - label_split.MIN_SAVING) * 100 * max(lengths)
+  # Undone, the split is the batch padded to the longest name.
+  ids, mask = label_split.joined(split)
+  np.testing.assert_array_equal(ids, full["label_input_ids"][:, :max(lengths)])
+  np.testing.assert_array_equal(mask, full["label_attention_mask"][:, :max(lengths)])
+  np.testing.assert_array_equal(full["label_attention_mask"][:, max(lengths):], 0)
   model = GLiDREModel(GLiDREConfig(hidden_size=256), load_encoder(minilm_path()),
                       load_encoder(minilm_path()))
   model.eval()
-  vectors = [model.encode_labels(b["label_input_ids"], b["label_attention_mask"])
-             for b in (fitted, full)]
-  np.testing.assert_allclose(vectors[0][:3], vectors[1][:3], atol=1e-5)
-  # a name over max_length still ends with its closing special token
-  short = featurize_lib.label_batch(tok, names, max_length=6)
-  assert short["label_input_ids"].shape == (3, 6)
-  assert short["label_input_ids"][2, -1] == tok.sep_token_id
+  vectors = [model.encode_labels(b) for b in (split, full)]
+  np.testing.assert_allclose(vectors[0][:96], vectors[1][:96], atol=1e-5)
+  # Names of one length are not split; a name over max_length keeps its closing token.
+  same = featurize_lib.label_batch(tok, ["author", "genre"], max_length=16)
+  width = len(tok("author")["input_ids"])
+  assert same["label_input_ids"].shape == (2, width) and same["label_long_rows"].shape == (0,)
+  assert same["label_long_input_ids"].shape == (0, width)
+  short = featurize_lib.label_batch(tok, names[:3] + ["x " * 20], max_length=6)
+  ids, _ = label_split.joined(short)
+  assert ids.shape == (4, 6) and ids[3, -1] == tok.sep_token_id
 
 
 @pytest.mark.parametrize("cfg", [GLiDREConfig(hidden_size=256, dropout=0.0),

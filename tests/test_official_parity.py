@@ -24,7 +24,7 @@ from configs import default
 from converters.export_official import export_glidre
 from converters.torch_glidre import TorchGLiDRE
 from glidre_jax.api import GLiDREPredictor
-from glidre_jax.data import featurize as featurize_lib
+from glidre_jax.data import featurize as featurize_lib, label_split
 from glidre_jax.data.documents import Entity, Mention
 from glidre_jax.data.tokenize import tokenize_words
 from glidre_jax.model.config import GLiDREConfig
@@ -89,7 +89,7 @@ def test_scores_match_the_official_semantics(documents, models, tok):
     warnings.simplefilter("ignore")  # entities lost to truncation: checked below instead
     probs = ours.scores(documents, LABELS)
   label_batch = featurize_lib.label_batch(tok, LABELS, max_length=16)
-  label_ids = (label_batch["label_input_ids"], label_batch["label_attention_mask"])
+  label_ids = label_split.joined(label_batch)  # one padded batch, as the official code
   report = []
   for doc, p in zip(documents, probs):
     spans = [[(m.start, m.end - 1) for m in e.mentions] for e in doc.entities]

@@ -87,8 +87,7 @@ def test_packed_scores_equal_the_every_pair_formula(feats, label_side):
   logits, th = np.asarray(dense(out.logits, batch)), np.asarray(dense(out.threshold_logits, batch))
   ctx = model.entity_context(batch)
   words, ents, att = (np.asarray(x) for x in (ctx.words, ctx.entities, ctx.entity_att))
-  labels = np.asarray(model.encode_labels(batch["label_input_ids"],
-                                          batch["label_attention_mask"]))
+  labels = np.asarray(model.encode_labels(batch))
   label_mean = labels[batch["label_mask"] > 0].mean(0)
   rel = model.span_rep_layer
   worst = 0.0

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from glidre_jax.data import label_split
+
 
 def encoder_flops(cfg, tokens: float, seq_len: int) -> float:
   """Forward FLOPs of a BERT / DeBERTa-v2 encoder over `tokens` tokens in
@@ -50,7 +52,9 @@ class StepShape:
   pairs_executed: int  # pairs the layout scores (padding included)
   labels: int  # K
   label_len: int  # T
-  label_tokens_real: int  # real subwords of the label names (the rest of K·T is padding)
+  label_tokens_real: int  # real subwords of the label names (the rest is padding)
+  long_labels: int = 0  # G names longer than T, encoded again whole (data/label_split.py)...
+  long_label_len: int = 0  # ...at this width U
 
 
 def head_flops_per_pair(d: int, words: int, labels: int, lop: bool) -> float:
@@ -82,6 +86,8 @@ def step_flops(model, shape: StepShape, *, train: bool, label_encoder_in_step: b
     text_exec += 2 * s.docs * s.words * text.hidden_size * d
     text_real += 2 * s.docs * s.words * text.hidden_size * d
   label_fwd = encoder_flops(label.config, s.labels * s.label_len, s.label_len)
+  if s.long_labels:
+    label_fwd += encoder_flops(label.config, s.long_labels * s.long_label_len, s.long_label_len)
   label_real = encoder_flops(label.config, s.label_tokens_real, s.label_len)
   label_mult = 0.0 if not label_encoder_in_step else (mult if label_encoder_trained else 1.0)
   prompt = 0.0 if label_vectors_given else s.labels * (2 * d * 4 * d * 2
@@ -115,6 +121,9 @@ def batch_shape(batch: dict, pairs: tuple[int, int] | None = None) -> StepShape:
   ids = np.asarray(batch["input_ids"])
   docs = np.asarray(batch["doc_mask"]).astype(bool)
   labels = np.asarray(batch["label_mask"]).astype(bool)
+  long_ids = np.asarray(batch.get("label_long_input_ids", np.zeros((0, 0))))
+  # Real label subwords: whole names (a long one's cut row is padding work).
+  label_real = int(label_split.joined(batch)[1][labels].sum())
   real, executed = batch_pair_counts(batch) if pairs is None else pairs
   return StepShape(sequences=int(np.prod(ids.shape[:-1])), seq_len=ids.shape[-1],
                    tokens_real=int(np.asarray(batch["attention_mask"])[docs].sum()),
@@ -122,7 +131,8 @@ def batch_shape(batch: dict, pairs: tuple[int, int] | None = None) -> StepShape:
                    entities=int(np.asarray(batch["entity_mask"]).size), pairs_real=real,
                    pairs_executed=executed, labels=np.asarray(batch["label_input_ids"]).shape[0],
                    label_len=np.asarray(batch["label_input_ids"]).shape[1],
-                   label_tokens_real=int(np.asarray(batch["label_attention_mask"])[labels].sum()))
+                   label_tokens_real=label_real, long_labels=long_ids.shape[0],
+                   long_label_len=long_ids.shape[1])
 
 
 def gemm_flops_per_s(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:

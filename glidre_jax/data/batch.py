@@ -24,9 +24,13 @@ pairs of documents [s·B/S, (s+1)·B/S), padded to P (a pair bucket):
   pair_labels          int32   [S, P, K]  1 where (head, k, tail) is a gold fact
 
 Label side (shared by the batch):
-  label_input_ids      int32   [K, T]     token ids of each label name
+  label_input_ids      int32   [K, T]     token ids of each label name (its first T)
   label_attention_mask int32   [K, T]
   label_mask           int32   [K]        1 for real labels
+The G names longer than T, again whole (data/label_split.py; G may be 0):
+  label_long_rows      int32   [G]        their rows among the K labels
+  label_long_input_ids int32   [G, U]     their token ids (U >= T)
+  label_long_attention_mask int32 [G, U]
 """
 from __future__ import annotations
 
@@ -38,7 +42,10 @@ PAIR_FIELDS = ("pair_doc", "pair_head", "pair_tail", "pair_mask", "pair_labels")
 # Split along axis 0 over the 'data' mesh axis (B, or S for the pair fields).
 DOC_FIELDS = ("input_ids", "attention_mask", "word_index", "word_mask",
               "entity_word_weights", "entity_mask", "doc_mask") + PAIR_FIELDS
-LABEL_FIELDS = ("label_input_ids", "label_attention_mask", "label_mask")
+LABEL_FIELDS = ("label_input_ids", "label_attention_mask", "label_mask",
+                "label_long_rows", "label_long_input_ids", "label_long_attention_mask")
+# What the label encoder reads (all but label_mask).
+LABEL_TOKEN_FIELDS = tuple(name for name in LABEL_FIELDS if name != "label_mask")
 # Long documents in windows (data/windows.py): input_ids, attention_mask and
 # word_index gain a window axis N, and this field says which words each holds.
 WINDOW_FIELDS = ("window_word_mask",)
@@ -49,7 +56,8 @@ AXES = {"input_ids": "BL", "attention_mask": "BL", "word_index": "BW", "word_mas
         "entity_word_weights": "BEW", "entity_mask": "BE", "doc_mask": "B",
         "pair_doc": "SP", "pair_head": "SP", "pair_tail": "SP", "pair_mask": "SP",
         "pair_labels": "SPK",
-        "label_input_ids": "KT", "label_attention_mask": "KT", "label_mask": "K"}
+        "label_input_ids": "KT", "label_attention_mask": "KT", "label_mask": "K",
+        "label_long_rows": "G", "label_long_input_ids": "GU", "label_long_attention_mask": "GU"}
 WINDOWED_AXES = {**AXES, "input_ids": "BNL", "attention_mask": "BNL", "word_index": "BNW",
                  "window_word_mask": "BNW"}
 FLOAT_FIELDS = ("entity_word_weights",)  # every other field is int32

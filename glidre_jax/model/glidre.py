@@ -9,6 +9,7 @@ or pairs.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -121,11 +122,19 @@ class TokenRepLayer(nnx.Module):
       words = self.projection(words) * word_mask[..., None].astype(words.dtype)
     return words, word_att
 
-  def encode_label_tokens(self, label_input_ids, label_attention_mask):
-    """Mask-weighted mean of the label encoder's states [K, d_label]."""
-    out = self.labels_encoder.model(label_input_ids, label_attention_mask)
-    return masked_mean(out.last_hidden_state.astype(jnp.float32),
-                       label_attention_mask, axis=1)
+  def encode_label_tokens(self, labels: Mapping[str, jax.Array]) -> jax.Array:
+    """Mask-weighted mean of the label encoder's states [K, d_label] from
+    the label fields of a batch (split by name length or not, batch.py)."""
+    pooled = self._pool_label_tokens(labels["label_input_ids"], labels["label_attention_mask"])
+    if labels["label_long_rows"].shape[0]:  # the long names, whole, replace their cut rows
+      long = self._pool_label_tokens(labels["label_long_input_ids"],
+                                     labels["label_long_attention_mask"])
+      pooled = pooled.at[labels["label_long_rows"]].set(long)
+    return pooled
+
+  def _pool_label_tokens(self, ids, mask):
+    out = self.labels_encoder.model(ids, mask)
+    return masked_mean(out.last_hidden_state.astype(jnp.float32), mask, axis=1)
 
   def project_labels(self, pooled):
     return pooled if self.labels_projection is None else self.labels_projection(pooled)
@@ -237,14 +246,15 @@ class GLiDREModel(nnx.Module):
     # blocks inside lax.map never touch (mutate) an rng stream.
     self.pair_dropout = common.Dropout(cfg.dropout, rngs=rngs)
 
-  def encode_labels(self, label_input_ids, label_attention_mask,
+  def encode_labels(self, labels: Mapping[str, jax.Array],
                     freeze_encoder: bool = False) -> jax.Array:
-    """Label vectors l_k [K, D]; depend only on the label strings (cacheable).
+    """Label vectors l_k [K, D] from a batch's label fields; depend only on
+    the label strings (cacheable).
 
     freeze_encoder: no gradient flows into the label encoder (its backward
     pass is then not computed at all).
     """
-    pooled = self.token_rep_layer.encode_label_tokens(label_input_ids, label_attention_mask)
+    pooled = self.token_rep_layer.encode_label_tokens(labels)
     if freeze_encoder:
       pooled = jax.lax.stop_gradient(pooled)
     return self.label_vectors(pooled)
@@ -291,8 +301,7 @@ class GLiDREModel(nnx.Module):
     Returns logits [S, P, K] (and threshold logits [S, P]) of the packed
     pairs (`dense` gives the [B, E, E, ...] view)."""
     if label_vectors is None:
-      label_vectors = self.encode_labels(batch["label_input_ids"],
-                                         batch["label_attention_mask"])
+      label_vectors = self.encode_labels(batch)
     label_mask = batch.get("label_mask")
     num_shards, num_pairs = batch["pair_mask"].shape
     ctx = self.entity_context(batch).by_shard(num_shards)

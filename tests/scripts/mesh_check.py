@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from glidre_jax import sharding, trainer as trainer_lib
-from glidre_jax.data import pairs
+from glidre_jax.data import label_split, pairs
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.encoders.bert import BertConfig, BertModel
 from glidre_jax.model.config import GLiDREConfig
@@ -39,8 +39,11 @@ def make_batch(b=4, l=16, w=8, e=4, k=5, t=4, shards=2):
           **pairs.from_dense(np.ones((b, e, e), np.int32),
                              (r.rand(b, e, e, k) < 0.2).astype(np.int32), shards=shards),
           "doc_mask": np.ones((b,), np.int32),
-          "label_input_ids": r.randint(1, 50, (k, t)).astype(np.int32),
-          "label_attention_mask": np.ones((k, t), np.int32), "label_mask": np.ones((k,), np.int32)}
+          # One long name among short ones: the label side comes split by length.
+          **label_split.split_by_length(
+              r.randint(1, 50, (k, t)).astype(np.int32),
+              (np.arange(t) < np.where(np.arange(k) == k - 1, t, 1)[:, None]).astype(np.int32),
+              np.ones((k,), np.int32))}
 
 
 def run(mesh, fsdp=False):
@@ -97,7 +100,7 @@ def main():
   @jax.jit
   def pair_logits(batch):
     ctx = model.entity_context(batch).by_shard(2)
-    labels = model.encode_labels(batch["label_input_ids"], batch["label_attention_mask"])
+    labels = model.encode_labels(batch)
     return model.score_pairs(ctx, batch["pair_doc"], batch["pair_head"], batch["pair_tail"],
                              labels).logits
 
