@@ -121,7 +121,7 @@ def batch_shape(batch: dict, pairs: tuple[int, int] | None = None) -> StepShape:
   ids = np.asarray(batch["input_ids"])
   docs = np.asarray(batch["doc_mask"]).astype(bool)
   labels = np.asarray(batch["label_mask"]).astype(bool)
-  long_ids = np.asarray(batch.get("label_long_input_ids", np.zeros((0, 0))))
+  long_ids = np.asarray(batch["label_long_input_ids"])
   # Real label subwords: whole names (a long one's cut row is padding work).
   label_real = int(label_split.joined(batch)[1][labels].sum())
   real, executed = batch_pair_counts(batch) if pairs is None else pairs

@@ -200,9 +200,6 @@ def label_batch(tokenizer, names: Sequence[str], *, max_length: int = 16,
   if k < len(names):
     raise ValueError(f"num_labels={num_labels} < {len(names)} label names")
   ids, mask = encode_labels(tokenizer, names, max_length)
-  if fit_length:
-    t = int(mask.sum(1).max(initial=1))
-    ids, mask = ids[:, :t], mask[:, :t]
   pad = k - len(names)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   return label_split.split_by_length(

@@ -18,12 +18,16 @@ MIN_SAVING = 0.2  # split only when it removes at least this share of the token 
 
 def split_by_length(ids: np.ndarray, mask: np.ndarray, label_mask: np.ndarray, *,
                     split: bool = True) -> dict[str, np.ndarray]:
-  """The label fields of batch.py from names padded to [K, T]: with `split`,
-  the best short width T_s (every row keeps its first T_s tokens; the rows
-  of longer names come again whole in the label_long_* fields), when one
-  saves MIN_SAVING of the K·T slots; otherwise no long rows (G = 0)."""
-  k, t = ids.shape
+  """The label fields of batch.py from names padded to [K, max_length]: with
+  `split`, T is first cut to the longest name, then the best short width T_s
+  (every row keeps its first T_s tokens; the rows of longer names come again
+  whole in the label_long_* fields), when one saves MIN_SAVING of the K·T
+  slots; otherwise no long rows (G = 0)."""
   lengths = mask.sum(1)
+  if split:
+    longest = int(lengths.max(initial=1))
+    ids, mask = ids[:, :longest], mask[:, :longest]
+  k, t = ids.shape
   cost = {width: k * width + int((lengths > width).sum()) * t for width in range(1, t)}
   width = min(cost, key=cost.get, default=t)
   if not split or width == t or cost[width] > (1 - MIN_SAVING) * k * t:
