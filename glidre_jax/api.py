@@ -13,7 +13,9 @@ checkpoint, the τ it was selected at in training (eval.threshold_selection);
 otherwise the run config's eval.threshold (0.5 for official checkpoints).
 
 Documents are featurized as in training and padded to the run's shape
-buckets, so one compiled step serves every batch of a bucket. Label vectors
+buckets, with a sequence length every 64 subwords (`Buckets.for_prediction`:
+one compile per shape, less encoder padding on every document), so one
+compiled step serves every batch of a bucket. Label vectors
 are computed once per label set and cached. Documents longer than the run's
 max_length are encoded in overlapping windows starting every `stride`
 subwords (`glidre_jax.data.windows`; default: the run's data.window_stride,
@@ -53,7 +55,7 @@ class GLiDREPredictor:
     self.tokenizer, self.label_tokenizer = tokenizer, label_tokenizer
     d = config.data
     self.max_length = int(d.max_length)
-    self.buckets = buckets or featurize_lib.Buckets.from_config(d)
+    self.buckets = buckets or featurize_lib.Buckets.from_config(d).for_prediction()
     self.batch_size = int(batch_size or d.eval_batch_size)
     # 0: documents longer than max_length subwords are truncated; > 0: they are
     # encoded in windows of max_length starting every `stride` subwords. None:

@@ -10,7 +10,7 @@ from glidre_jax.data import pairs
 from glidre_jax.data.assets import asset_path
 from glidre_jax.data.documents import Document, Entity, Mention, Relation
 from glidre_jax.data.featurize import (Buckets, cdr_pair_filter, collate, featurize, label_batch,
-                                       type_pair_filter)
+                                       size_sorted_batches, type_pair_filter)
 from glidre_jax.data.readers import normalize_cdr, read_docred
 from glidre_jax.data.relations import RelationSchema
 
@@ -87,6 +87,20 @@ def test_buckets_pick_and_errors():
   assert b.pick(129, 64, 1) == (256, 64, 16)
   with pytest.raises(ValueError, match="'Big'.*entities = 65"):
     b.pick(10, 10, 65, title="Big")
+  fine = Buckets(seq_len=(256, 500), words=(64,), entities=(16,)).for_prediction()
+  assert fine.seq_len == (64, 128, 192, 256, 320, 384, 448, 500)
+  assert fine.words == (64,) and fine.pick(257, 10, 1) == (320, 64, 16)
+
+
+def test_size_sorted_batches_put_the_partial_batch_on_the_smallest_documents():
+  sizes = [7, 3, 9, 1, 5, 8, 2, 6, 4, 10]
+  feats = [{"input_ids": np.zeros(n)} for n in sizes]
+  shape = lambda f: (len(f["input_ids"]),)
+  batches = size_sorted_batches(feats, 4, shape=shape)
+  assert [[sizes[i] for i in b] for b in batches] == [[1, 2], [3, 4, 5, 6], [7, 8, 9, 10]]
+  assert size_sorted_batches(feats, 5, shape=shape)[0] == [3, 6, 1, 8, 4]  # no partial batch
+  assert size_sorted_batches(feats, 4, [2, 0], shape=shape) == [[0, 2]]
+  assert size_sorted_batches(feats, 4, [], shape=shape) == []
 
 
 def test_collate_pads_to_bucket_shapes(tok, schema, dev_docs):
