@@ -162,10 +162,11 @@ def test_chunked_pair_scoring_equals_unchunked(docs_and_features, cfg):
       loss_and_logits, has_aux=True)(params, 0)
   (loss_chunk, logits_chunk), grads_chunk = jax.value_and_grad(
       loss_and_logits, has_aux=True)(params, 37)  # 37 divides no E²: padded last block
-  # Same math, other GEMM shapes: only float summation order differs
-  # (|Δ| ~1e-6 on logits of magnitude ~1).
+  # Same math, other GEMM shapes: only float summation order differs, by up
+  # to ~2e-6 of the largest logit (1.05e-5 / 1.29e-5 at 5.8 with the encoder's
+  # two attention layouts); a chunking bug moves logits by O(scale).
   scale = float(np.abs(logits_full).max())
-  np.testing.assert_allclose(logits_chunk, logits_full, atol=2e-6 * max(scale, 1.0))
+  np.testing.assert_allclose(logits_chunk, logits_full, atol=5e-6 * max(scale, 1.0))
   np.testing.assert_allclose(loss_chunk, loss_full, rtol=1e-6)
   # Float summation order differs in the backward pass too, and a ReLU whose
   # input is ~0 may switch for a pair, moving a few entries by that pair's
