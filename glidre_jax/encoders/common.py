@@ -64,6 +64,20 @@ def activation(name: str):
   return ACTIVATIONS[name]
 
 
+# Attention runs heads first ([B, H, L, d]): two plain batched matmuls. As
+# einsums over [B, L, H, d], XLA:CPU gave the context a transposed layout that
+# ran at 6 GFLOP/s at batch 8 (the batch-8 predict step 1.47-1.87 -> 1.31-1.52 s).
+def attention_scores(q: jax.Array, k: jax.Array) -> jax.Array:
+  """Unscaled q · kᵀ per head [B, H, Lq, Lk] of q [B, Lq, H, d], k [B, Lk, H, d]."""
+  return jnp.swapaxes(q, 1, 2) @ jnp.transpose(k, (0, 2, 3, 1))
+
+
+def attention_context(probs: jax.Array, v: jax.Array) -> jax.Array:
+  """probs [B, H, Lq, Lk] · v [B, Lk, H, d] -> [B, Lq, H·d]."""
+  out = jnp.swapaxes(probs @ jnp.swapaxes(v, 1, 2), 1, 2)
+  return out.reshape(out.shape[:2] + (-1,))
+
+
 def masked_softmax(scores: jax.Array, attention_mask: jax.Array) -> jax.Array:
   """Softmax over the last axis in fp32, keys masked by attention_mask [B, L]."""
   scores = scores.astype(jnp.float32)

@@ -254,7 +254,7 @@ class DisentangledSelfAttention(nnx.Module):
     q = self._heads(self.query_proj(x))
     k = self._heads(self.key_proj(x))
     v = self._heads(self.value_proj(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / self.scale
+    scores = common.attention_scores(q, k) / self.scale
     if self.relative_attention:
       scores = scores + self._relative_bias(q, k, rel_pos, rel_embeddings)
     # HF masks with the outer product mask_i * mask_j: padded query rows end up
@@ -262,8 +262,7 @@ class DisentangledSelfAttention(nnx.Module):
     scores = jnp.where(pair_mask, scores.astype(jnp.float32),
                        jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    context = jnp.einsum("bhqk,bkhd->bqhd", self.dropout(probs).astype(v.dtype), v)
-    return context.reshape(*x.shape[:-1], -1), probs
+    return common.attention_context(self.dropout(probs).astype(v.dtype), v), probs
 
 
 
