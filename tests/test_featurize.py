@@ -103,6 +103,22 @@ def test_size_sorted_batches_put_the_partial_batch_on_the_smallest_documents():
   assert size_sorted_batches(feats, 4, [], shape=shape) == []
 
 
+def test_prediction_plan_pads_the_partial_batch_to_few_rows(tok, schema, dev_docs):
+  from glidre_jax.data import batching
+  assert [batching.batch_rows(n, 8) for n in range(1, 10)] == [1, 2, 4, 4, 8, 8, 8, 8, 8]
+  assert batching.batch_rows(5, 6) == 6
+  feats = [featurize(d, tok, _index(schema), 512) for d in dev_docs[:7]]
+  labels = label_batch(tok, schema.names)
+  plan = batching.plan_batches(feats, Buckets(), 4, 512)
+  batches = [(chunk, collate([feats[i] for i in chunk], labels)) for chunk, collate in plan]
+  assert [len(c) for c, _ in batches] == [3, 4]  # the partial batch first: smallest documents
+  assert [b["input_ids"].shape[0] for _, b in batches] == [4, 4]
+  assert sorted(i for c, _ in batches for i in c) == list(range(7))
+  (chunk, one), = [(c, collate([feats[i] for i in c], labels))
+                   for c, collate in batching.plan_batches(feats[:1], Buckets(), 8, 512)]
+  assert chunk == [0] and one["input_ids"].shape[0] == 1  # one document: one row, not 8
+
+
 def test_collate_pads_to_bucket_shapes(tok, schema, dev_docs):
   index = _index(schema)
   feats = [featurize(d, tok, index, 512) for d in dev_docs[:3]]

@@ -127,11 +127,16 @@ def test_buckets_grow_for_large_documents():
 def test_predict_on_shipped_docs_compiles_once(predictor, dev_docs):
   traces = predictor.predictor.num_traces
   out = predictor.predict(dev_docs[:3], LABELS, threshold=0.3)
-  assert predictor.predictor.num_traces - traces <= 1  # one bucket shape (maybe compiled before)
+  # One bucket shape, at 1 row (the partial batch) and 2 (maybe compiled before).
+  assert predictor.predictor.num_traces - traces <= 2
   traces = predictor.predictor.num_traces
   again = predictor.predict(dev_docs[2:5] + [RAW], LABELS, threshold=0.3)
   assert predictor.predictor.num_traces == traces  # no recompile per document or call
-  assert out[2] == again[0]  # batch composition does not change a document's triples
+  # Batch composition (here 1 row against 2) does not change a document's
+  # triples; scores agree to float rounding (other GEMM shapes).
+  assert [{**r, "score": 0} for r in out[2]] == [{**r, "score": 0} for r in again[0]]
+  np.testing.assert_allclose([r["score"] for r in out[2]], [r["score"] for r in again[0]],
+                             atol=1e-6)
   for doc, triples in zip(dev_docs[:3], out):
     n = len(doc["vertexSet"])
     for r in triples:

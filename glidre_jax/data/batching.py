@@ -31,13 +31,21 @@ def featurize_long(doc: Document, tokenizer, label_index: Mapping[str, int], max
   return cut_into_windows(feat, tokenizer, max_length, stride)
 
 
+def batch_rows(num_docs: int, batch_size: int) -> int:
+  """Rows of a batch of `num_docs` documents: batch_size, or for the one
+  partial batch the next power of two (a single document is not padded to 8
+  encoder rows; at most log2(batch_size) extra shapes compile)."""
+  return min(batch_size, 1 << max(num_docs - 1, 0).bit_length())
+
+
 def plan_batches(features: Sequence[Mapping], buckets: featurize_lib.Buckets, batch_size: int,
                  window: int) -> list[tuple[list[int], Collate]]:
   """(document indices, collate(features, label_batch)) per batch.
 
-  Documents are grouped by size (few bucket shapes, little padding);
-  windowed documents batch apart from single-pass ones, and the entity
-  bucket grows when a document needs a larger one.
+  Documents are grouped by size (few bucket shapes, little padding; the
+  partial batch holds the smallest and has `batch_rows` rows); windowed
+  documents batch apart from single-pass ones, and the entity bucket grows
+  when a document needs a larger one.
   """
   windowed = [i for i, f in enumerate(features) if is_windowed(f)]
   single = [i for i, f in enumerate(features) if not is_windowed(f)]
@@ -46,11 +54,11 @@ def plan_batches(features: Sequence[Mapping], buckets: featurize_lib.Buckets, ba
     grown = buckets.grown(
         entities=max(featurize_lib.feature_shape(features[i])[2] for i in single))
     collate = lambda docs, label_batch: featurize_lib.collate(docs, grown, label_batch,
-                                                              batch_size)
+                                                              batch_rows(len(docs), batch_size))
     plan += [(c, collate) for c in featurize_lib.size_sorted_batches(features, batch_size, single)]
   if windowed:
-    collate = lambda docs, label_batch: collate_windows(docs, buckets, label_batch, batch_size,
-                                                        window)
+    collate = lambda docs, label_batch: collate_windows(docs, buckets, label_batch,
+                                                        batch_rows(len(docs), batch_size), window)
     plan += [(c, collate) for c in featurize_lib.size_sorted_batches(
         features, batch_size, windowed, window_shape)]
   return plan
