@@ -41,8 +41,7 @@ def reference_steps(trainer, batches):
 
   def loss_fn(params, rest, batch):
     model = nnx.merge(trainer.train_graphdef, params, rest)
-    vectors = model.encode_labels(batch,
-                                  freeze_encoder=True)
+    vectors = model.encode_labels(batch, freeze_encoder=True)
     return losses.relation_loss(model(batch, vectors), batch, cfg.loss,
                                 alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
 

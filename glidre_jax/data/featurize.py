@@ -231,8 +231,10 @@ def size_sorted_batches(features: Sequence[Mapping], batch_size: int,
   rows then run at the smallest shape, not the largest."""
   indices = range(len(features)) if indices is None else indices
   order = sorted(indices, key=lambda i: shape(features[i]))
-  first = len(order) % batch_size or batch_size
-  return [] if not order else [order[:first]] + [order[s:s + batch_size] for s in range(first, len(order), batch_size)]
+  if not order:
+    return []
+  first = len(order) % batch_size or batch_size  # the partial batch, if any
+  return [order[:first]] + [order[s:s + batch_size] for s in range(first, len(order), batch_size)]
 
 
 def collate(features: Sequence[Mapping | None], buckets: Buckets,

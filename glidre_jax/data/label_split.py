@@ -24,14 +24,14 @@ def split_by_length(ids: np.ndarray, mask: np.ndarray, label_mask: np.ndarray, *
   whole in the label_long_* fields), when one saves MIN_SAVING of the K·T
   slots; otherwise no long rows (G = 0)."""
   lengths = mask.sum(1)
+  width = ids.shape[1]
   if split:
     longest = int(lengths.max(initial=1))
     ids, mask = ids[:, :longest], mask[:, :longest]
-  k, t = ids.shape
-  cost = {width: k * width + int((lengths > width).sum()) * t for width in range(1, t)}
-  width = min(cost, key=cost.get, default=t)
-  if not split or width == t or cost[width] > (1 - MIN_SAVING) * k * t:
-    width = t
+    k, t = ids.shape
+    cost = {w: k * w + int((lengths > w).sum()) * t for w in range(1, t)}
+    best = min(cost, key=cost.get, default=t)
+    width = best if best < t and cost[best] <= (1 - MIN_SAVING) * k * t else t
   rows = np.flatnonzero(lengths > width).astype(np.int32)
   return {"label_input_ids": ids[:, :width], "label_attention_mask": mask[:, :width],
           "label_mask": label_mask, "label_long_rows": rows, "label_long_input_ids": ids[rows],
