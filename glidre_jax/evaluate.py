@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from glidre_jax import checkpointing, cli, decoding, inference, metrics, run_dir
+from glidre_jax import allocator, checkpointing, cli, decoding, inference, metrics, run_dir
 from glidre_jax.decoding import MIN_CANDIDATE_SCORE, Candidates, to_predictions  # noqa: F401
 from glidre_jax.data import featurize as featurize_lib
 from glidre_jax.data import registry
@@ -242,5 +242,7 @@ def main(argv=None):
     print(f"wrote {len(preds)} predictions to {FLAGS.output}")
 
 
+console_main = allocator.console(main)  # the `glidre-evaluate` console script
+
 if __name__ == "__main__":
-  main()
+  console_main()

@@ -27,7 +27,7 @@ import sys
 
 from absl import flags
 
-from glidre_jax import cli, decoding
+from glidre_jax import allocator, cli, decoding
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.data import inputs, local_files, readers
 
@@ -143,5 +143,7 @@ def main(argv=None) -> int:
     return 2
 
 
+console_main = allocator.console(main)  # the `glidre-predict` console script
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(console_main())

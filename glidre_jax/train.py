@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from glidre_jax import (checkpointing, cli, cli_config, distributed, evaluate, metrics, run_dir,
+from glidre_jax import (allocator, checkpointing, cli, cli_config, distributed, evaluate, metrics, run_dir,
                         sharding, shipped, trainer as trainer_lib)
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import pairs as pairs_lib
@@ -380,7 +380,8 @@ def main(argv):
 
 
 def run() -> None:
-  """The `glidre-train` console script."""
+  """The `glidre-train` console script (re-executed under mimalloc first)."""
+  allocator.relaunch()
   app.run(main, flags_parser=cli_config.parse_flags)  # --config.x=None sets x to None
 
 

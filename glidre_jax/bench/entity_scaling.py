@@ -20,7 +20,7 @@ import pathlib
 import jax
 import numpy as np
 
-from glidre_jax import run_dir, sharding, shipped, trainer as trainer_lib
+from glidre_jax import allocator, run_dir, sharding, shipped, trainer as trainer_lib
 from glidre_jax.bench import common, flops
 from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data import assets, pairs
@@ -140,4 +140,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  allocator.relaunch()  # XLA:CPU's buffers under mimalloc, as the CLIs run
   main()

@@ -36,7 +36,7 @@ import shutil
 import jax
 import numpy as np
 
-from glidre_jax import evaluate, metrics, shipped, train as train_lib
+from glidre_jax import allocator, evaluate, metrics, shipped, train as train_lib
 from glidre_jax.bench import common
 from glidre_jax.data import readers
 
@@ -212,4 +212,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  allocator.relaunch()  # XLA:CPU's buffers under mimalloc, as the CLIs run
   main()

@@ -19,6 +19,7 @@ import pathlib
 import subprocess
 import sys
 
+from glidre_jax import allocator
 from glidre_jax.bench import common
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -92,4 +93,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  allocator.relaunch()  # XLA:CPU's buffers under mimalloc, as the CLIs run
   main()

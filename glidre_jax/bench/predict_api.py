@@ -19,7 +19,7 @@ import json
 import pathlib
 import time
 
-from glidre_jax import run_dir, shipped
+from glidre_jax import allocator, run_dir, shipped
 from glidre_jax.data import registry
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.bench import common
@@ -81,4 +81,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  allocator.relaunch()  # XLA:CPU's buffers under mimalloc, as the CLIs run
   main()
