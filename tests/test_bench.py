@@ -26,7 +26,8 @@ def tiny_encoders(path) -> list[str]:
 def test_throughput_cli_measures_one_shape(tmp_path):
   out = tmp_path / "tp"
   throughput.main(["--batch_sizes", "1", "--steps", "2", "--infer_docs", "2", "--passes", "1",
-                   "--gemm_n", "512", "--out", str(out), "--set", f"data.tfds_dir={tmp_path / 'tfds'}", *SMALL])
+                   "--gemm_n", "512", "--pairs", "largest", "--out", str(out),
+                   "--set", f"data.tfds_dir={tmp_path / 'tfds'}", *SMALL])
   for name in ("throughput.json", "throughput.csv", "throughput.png"):
     assert (out / name).stat().st_size > 0, name
   result = json.loads((out / "throughput.json").read_text())
@@ -53,6 +54,25 @@ def test_throughput_cli_measures_one_shape(tmp_path):
   assert 0 < row["infer_mfu_real"] < row["infer_mfu_executed"] < 1.5
   assert row["train_floor_s"] < row["train_step_s"]
   assert 100 < row["train_peak_rss_mb"] <= row["peak_rss_mb"]
+
+
+def test_throughput_pads_each_train_batch_to_its_own_pair_bucket(tmp_path):
+  # As the training pipeline: a compilation per pair bucket reached, fewer
+  # padded pairs than with every batch at the largest bucket.
+  buckets = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+  rows = {}
+  for mode in ("own", "largest"):
+    out = tmp_path / mode
+    throughput.main(["--batch_sizes", "1", "--steps", "6", "--mode", "train", "--gemm_n", "256",
+                     "--pairs", mode, "--out", str(out), "--set", f"data.tfds_dir={tmp_path / 'tfds'}",
+                     *SMALL, *tiny_encoders(tmp_path), "--set", f"data.pair_buckets={buckets}"])
+    (rows[mode],) = json.loads((out / "throughput.json").read_text())["rows"]
+  own, largest = rows["own"], rows["largest"]
+  assert own["train_pairs_real"] == largest["train_pairs_real"]  # the same documents
+  assert len(own["train_pair_buckets"]) > 1 and len(largest["train_pair_buckets"]) == 1
+  assert own["train_compilations"] == len(own["train_pair_buckets"])
+  assert largest["train_pair_buckets"] == [max(own["train_pair_buckets"])]
+  assert own["train_pairs_real"] <= own["train_pairs_executed"] < largest["train_pairs_executed"]
 
 
 def test_same_work_preset_sets_the_official_work():

@@ -9,9 +9,12 @@ featurize.collate, as the training pipeline does). So that each batch size
 compiles one shape only, only the documents whose own bucket is the most
 common one (or --bucket L,W,E) are used: every batch pads to that shape. For
 each batch size B (ascending) it reports
-- training: the first call (trace + compile + one step) and the number of
-  compilations (Trainer.num_traces), the median step time over --steps further
-  steps and documents/s, XLA's memory analysis of the compiled step;
+- training on --steps batches, each padded to its own pair bucket as the
+  training pipeline pads it (`--pairs largest`: all to the largest, one
+  shape): the first call (trace + compile + one step), the number of
+  compilations (Trainer.num_traces: one per pair bucket reached), the median
+  step time over the batches once every shape has compiled, documents/s, and
+  XLA's memory analysis of the largest compiled step;
 - inference on a fixed set of documents: documents/s of the GLiDRE forward
   (Predictor.predict_step with cached label vectors) and of the bare text
   encoder on the same padded batches, and their time ratio;
@@ -38,7 +41,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from glidre_jax import run_dir, sharding, shipped, trainer as trainer_lib
+from glidre_jax import allocator, run_dir, sharding, shipped, trainer as trainer_lib
 from glidre_jax.data import pairs, registry
 from glidre_jax.bench import common, flops
 from glidre_jax.data.featurize import collate, feature_shape
@@ -79,50 +82,74 @@ def bench_features(data: registry.DataSetup, split: str, bucket: tuple | None):
   return chosen, bucket, counts
 
 
-def train_batches(feats, batch_size: int, count: int, data, labels: dict, seed: int = 0):
-  """`count` batches of documents drawn epoch by epoch in a seeded order."""
+def train_batches(feats, batch_size: int, count: int, data, labels: dict, seed: int = 0,
+                  own_pairs: bool = True):
+  """`count` batches of documents drawn epoch by epoch in a seeded order;
+  own_pairs: each at its own pair bucket, as the training pipeline pads
+  them (a compilation per bucket reached), else all at the largest one."""
   rng = np.random.default_rng(seed)
   epochs = -(-count * batch_size // len(feats))
   order = np.concatenate([rng.permutation(len(feats)) for _ in range(epochs)])
-  return one_shape([[feats[i] for i in order[k * batch_size:(k + 1) * batch_size]]
-                    for k in range(count)], data, labels, batch_size)
+  chunks = [[feats[i] for i in order[k * batch_size:(k + 1) * batch_size]]
+            for k in range(count)]
+  if not own_pairs:
+    return one_shape(chunks, data, labels, batch_size)
+  need = shared_shape(chunks)
+  return [collate(c, data.buckets, labels, batch_size, need=need + (
+      pairs.shard_need([pairs.num_pairs(f) for f in c], batch_size, 1),)) for c in chunks]
+
+
+def shared_shape(chunks) -> tuple[int, int, int]:
+  """The (subwords, words, entities) every chunk's documents fit in."""
+  return tuple(int(n) for n in np.max([feature_shape(f) for c in chunks for f in c], axis=0))
 
 
 def one_shape(chunks, data, labels: dict, batch_size: int) -> list[dict]:
   """The chunks collated to one shape (one compilation): the largest pair
   bucket any of them needs (data.pairs), the bucket's (L, W, E)."""
-  need = tuple(int(n) for n in np.max([feature_shape(f) for c in chunks for f in c], axis=0))
-  need += (max(pairs.shard_need([pairs.num_pairs(f) for f in c], batch_size, 1)
-               for c in chunks),)
+  need = shared_shape(chunks) + (max(
+      pairs.shard_need([pairs.num_pairs(f) for f in c], batch_size, 1) for c in chunks),)
   return [collate(c, data.buckets, labels, batch_size, need=need) for c in chunks]
 
 
 def measure_train(trainer, state, batches: list[dict], model, peak: float
                   ) -> tuple[dict, object]:
+  """Times a train step on each batch, after one untimed step on the first
+  batch of each shape (its compilation). Utilisation is the batches' total
+  work over their total time (their shapes may differ)."""
   traces = trainer.num_traces
   placed = [trainer.place(b) for b in batches]
-  first, state = common.timed(functools.partial(trainer.train_step, state, placed[0]))
+  firsts = {}
+  for batch in placed:
+    pair_slots = batch["pair_mask"].size
+    if pair_slots not in firsts:
+      firsts[pair_slots], state = common.timed(
+          functools.partial(trainer.train_step, state, batch))
   times = []
-  for batch in placed[1:]:
+  for batch in placed:
     seconds, state = common.timed(functools.partial(trainer.train_step, state, batch))
     times.append(seconds)
   compilations = trainer.num_traces - traces
-  # After the calls above, lowering hits jit's cache: no third compilation.
-  mem = common.xla_memory(trainer.lower(state, placed[0]).compile())
+  # After the calls above, lowering hits jit's cache: no further compilation.
+  largest = placed[int(np.argmax([b["pair_mask"].size for b in placed]))]
+  mem = common.xla_memory(trainer.lower(state, largest).compile())
   step = float(np.median(times))
   b = len(batches[0]["doc_mask"])
   mib = (mem["argument_bytes"] + mem["temp_bytes"]) / 2**20 if mem else None
   frozen = trainer.frozen_labels  # frozen: cached outside the step
-  work = mean_flops(model, batches[1:], train=True, label_encoder_in_step=not frozen,
+  work = mean_flops(model, batches, train=True, label_encoder_in_step=not frozen,
                     label_encoder_trained=not frozen)
-  use = flops.utilisation(work, step, peak)
-  return {"train_step_s": step, **{f"train_{k}": v for k, v in use.items()},
-          "train_pairs_real": float(np.mean([flops.batch_pair_counts(x)[0] for x in batches])),
-          "train_pairs_executed": float(np.mean([flops.batch_pair_counts(x)[1]
-                                                  for x in batches])), "train_step_min_s": min(times), "train_step_max_s": max(times),
-          "train_docs_per_s": b / step, "train_first_call_s": first,
-          "train_compile_s": first - step, "train_compilations": compilations,
-          "xla_train_mib": mib}, state
+  use = flops.utilisation(work, float(np.mean(times)), peak)
+  counts = [flops.batch_pair_counts(x) for x in batches]
+  first = next(iter(firsts.values()))
+  return {"train_step_s": step, "train_step_mean_s": float(np.mean(times)),
+          **{f"train_{k}": v for k, v in use.items()},
+          "train_pairs_real": float(np.mean([c[0] for c in counts])),
+          "train_pairs_executed": float(np.mean([c[1] for c in counts])),
+          "train_pair_buckets": sorted(firsts), "train_step_min_s": min(times),
+          "train_step_max_s": max(times), "train_docs_per_s": b / step,
+          "train_first_call_s": first, "train_compile_s": first - step,
+          "train_compilations": compilations, "xla_train_mib": mib}, state
 
 
 def encoder_forward(graphdef):
@@ -188,7 +215,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch_sizes", default="1,4,8")
   parser.add_argument("--steps", type=int, default=None,
-                      help="timed train steps after the first call (default 20; --quick 5)")
+                      help="timed train steps, after each shape's first call (default 20; --quick 5)")
   parser.add_argument("--infer_docs", type=int, default=None,
                       help="documents of the inference passes (default 32; --quick 16)")
   parser.add_argument("--passes", type=int, default=None,
@@ -202,6 +229,10 @@ def main(argv=None):
                       + " (before --set; use --batch_sizes 4)")
   parser.add_argument("--mode", choices=("both", "train", "predict"), default="both",
                       help="predict: inference alone (its own peak RSS)")
+  parser.add_argument("--pairs", choices=("own", "largest"), default="own",
+                      help="train batches padded to their own pair bucket, as the training "
+                      "pipeline pads them (one compilation per bucket reached), or all to "
+                      "the largest one (one compilation)")
   parser.add_argument("--gemm_n", type=int, default=2048,
                       help="size of the square fp32 matmul probe of the machine's GEMM rate")
   parser.add_argument("--out", default="results/throughput")
@@ -233,7 +264,7 @@ def main(argv=None):
     row = {"batch_size": b, "bucket": "x".join(map(str, bucket)), "timed_steps": steps}
     if args.mode != "predict":
       train_row, state = measure_train(trainer, state, train_batches(
-          feats, b, steps + 1, data, labels), model, peak)
+          feats, b, steps, data, labels, own_pairs=args.pairs == "own"), model, peak)
       row.update(train_row, train_peak_rss_mb=peak_rss_mb())
       print(f"B={b}: train step {row['train_step_s']:.3f} s (median of {steps}), MFU "
             f"{row['train_mfu_real']:.2f} of the real work", flush=True)
@@ -250,7 +281,8 @@ def main(argv=None):
            "gemm_flops_per_s": peak, "gemm_probe_n": args.gemm_n, "split": split,
            "bucket": list(bucket), "bucket_documents": len(feats),
            "documents_per_bucket": {"x".join(map(str, k)): v for k, v in counts.items()},
-           "padding": "featurize.collate with the training buckets (as the training pipeline)"}
+           "padding": "featurize.collate with the training buckets (as the training pipeline)",
+           "train_pairs": args.pairs}
   common.write_results(out, "throughput", rows, setup=setup)
   if args.mode == "both":
     plot(rows, out / "throughput.png", f"GLiDRE-MiniLM throughput, bucket {bucket}, "
@@ -260,4 +292,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  allocator.relaunch()  # XLA:CPU's buffers under mimalloc, as the CLIs run
   main()
