@@ -9,7 +9,8 @@ from glidre_jax.data.relations import RelationSchema
 from glidre_jax.data.tokenize import load_tokenizer, minilm_path
 from glidre_jax.encoders import load_encoder
 from glidre_jax.model.config import GLiDREConfig
-from glidre_jax.model.glidre import GLiDREModel, EntityContext, RelRep, dense, pool_entities
+from glidre_jax.model.glidre import (GLiDREModel, EntityContext, RelRep, dense, lop_context,
+                                     pool_entities)
 
 
 def test_mean_pooling_and_entity_attention_match_loops():
@@ -55,6 +56,30 @@ def test_pair_vectors_match_the_atlop_formula(lop):
       head, tail = ents[i, h], ents[i, t]
     expected = rel.projection(jnp.concatenate([head, tail]))
     np.testing.assert_allclose(got[0, p], expected, atol=1e-5)
+
+
+def test_lop_context_and_its_gradients_match_a_per_pair_gather():
+  import jax
+  r = np.random.RandomState(2)
+  s, bs, w, d, c = 2, 3, 5, 4, 7
+  alpha = jnp.asarray(r.rand(s, c, w).astype(np.float32))
+  words = jnp.asarray(r.randn(s, bs, w, d).astype(np.float32))
+  docs = jnp.asarray(r.randint(0, bs, (s, c)).astype(np.int32)).at[1, -1].set(bs)  # one outside
+  cot = jnp.asarray(r.randn(s, c, d).astype(np.float32))
+  def gathered(alpha, words):  # [S, C, W, D] of each pair's own words; 0 outside the shard
+    own = jnp.take_along_axis(words, docs[..., None, None], axis=1, mode="fill", fill_value=0)
+    return jnp.einsum("scw,scwd->scd", alpha, own)
+  got, got_vjp = jax.vjp(lambda a, x: lop_context(a, docs, x), alpha, words)
+  want, want_vjp = jax.vjp(gathered, alpha, words)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert not np.asarray(got[1, -1]).any()
+  for g, x in zip(jax.jit(got_vjp)(cot), want_vjp(cot)):
+    np.testing.assert_allclose(g, x, rtol=1e-5, atol=1e-6)
+  # Compiled inside a jitted gradient, as the train step uses it.
+  loss = lambda a, x: (lop_context(a, docs, x) ** 2).sum()
+  for g, x in zip(jax.jit(jax.grad(loss, (0, 1)))(alpha, words),
+                  jax.grad(lambda a, x: (gathered(a, x) ** 2).sum(), (0, 1))(alpha, words)):
+    np.testing.assert_allclose(g, x, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -173,6 +173,50 @@ def _gather(x: jax.Array, doc: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(flat, idx, axis=1)
 
 
+def _spread(alpha: jax.Array, docs: jax.Array, bs: int) -> jax.Array:
+  """alpha [S, C, W] placed in its own document's columns of [S, C, Bs·W]."""
+  own = (docs[..., None] == jnp.arange(bs, dtype=docs.dtype)).astype(alpha.dtype)
+  return (own[..., None] * alpha[:, :, None, :]).reshape(alpha.shape[:2] + (-1,))
+
+
+@jax.custom_vjp
+def lop_context(alpha: jax.Array, docs: jax.Array, words: jax.Array) -> jax.Array:
+  """LOP context [S, C, D]: each pair's alpha [S, C, W] against its own
+  document's words (words [S, Bs, W, D], docs [S, C]).
+
+  One matmul against the shard's words [Bs·W, D], alpha spread into its own
+  document's columns (zeros elsewhere: the same sums). Bs times the FLOPs of
+  a per-pair gather of words ([C, W, D], far more memory): 2·Bs·W·D per pair,
+  ~10 % (W = 256) to ~19 % (W = 512) of a pair's head FLOPs at Bs = 4, D = 384.
+  """
+  s, bs, w, d = words.shape
+  return jnp.einsum("scv,svd->scd", _spread(alpha, docs, bs), words.reshape(s, bs * w, d))
+
+
+def _lop_context_fwd(alpha, docs, words):
+  return lop_context(alpha, docs, words), (alpha, docs, words)
+
+
+def _lop_context_bwd(residuals, grad):
+  # Autodiff's d_alpha fused the [C, Bs·W] matmul with the mask product and
+  # the sum over Bs into one XLA:CPU kernel at ~35 GFLOP/s; here the matmul
+  # stands alone and d_alpha takes each pair's own block (fwd + bwd at
+  # C = 1736, Bs = 4, W = 256: 52 -> 19 ms at D = 768, 42 -> 12 ms at D = 384).
+  alpha, docs, words = residuals
+  s, bs, w, d = words.shape
+  flat = words.reshape(s, bs * w, d)
+  scores = jnp.einsum("scd,svd->scv", grad, flat).reshape(s, -1, bs, w)
+  # A pair outside the shard's documents (none in packed batches) has a zero
+  # context and so a zero d_alpha, as the spread gives it.
+  d_alpha = jnp.take_along_axis(scores, docs[..., None, None], axis=2, mode="fill",
+                               fill_value=0)[:, :, 0]
+  d_words = jnp.einsum("scv,scd->svd", _spread(alpha, docs, bs), grad).reshape(words.shape)
+  return d_alpha.astype(alpha.dtype), None, d_words.astype(words.dtype)
+
+
+lop_context.defvjp(_lop_context_fwd, _lop_context_bwd)
+
+
 class RelRep(nnx.Module):
   """Entity pairs → relation vectors (the reference's `span_rep_layer`)."""
 
@@ -203,16 +247,7 @@ class RelRep(nnx.Module):
                                                  keys[0])
     alpha = _gather(ctx.entity_att, docs, heads) * _gather(ctx.entity_att, docs, tails)
     alpha = alpha / (alpha.sum(-1, keepdims=True) + _EPS_LOP)  # [S, C, W]
-    # LOP: one matmul against the shard's words [Bs·W, D], alpha placed in
-    # its own document's columns (zeros elsewhere: the same sums). Bs times
-    # the FLOPs of a per-pair gather of words ([C, W, D], far more memory):
-    # 2·Bs·W·D per pair, ~10 % (W = 256) to ~19 % (W = 512) of a pair's
-    # head FLOPs at Bs = 4, D = 384.
-    s, bs, w, d = ctx.words.shape
-    own = (docs[..., None] == jnp.arange(bs, dtype=docs.dtype)).astype(alpha.dtype)
-    spread = (own[..., None] * alpha[:, :, None, :]).reshape(s, -1, bs * w)
-    context = jnp.einsum("scv,svd->scd", spread, ctx.words.reshape(s, bs * w, d))
-    context = sharding.constrain(context, "batch", "pairs", "embed")
+    context = sharding.constrain(lop_context(alpha, docs, ctx.words), "batch", "pairs", "embed")
     head = jnp.tanh(self.head_extractor.call_with_left_part(
         _gather(self.head_extractor.left_part(ctx.entities), docs, heads), context, keys[0]))
     tail = jnp.tanh(self.tail_extractor.call_with_left_part(
