@@ -66,10 +66,23 @@ def preload_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
   return env
 
 
+def is_command_line() -> bool:
+  """Whether this process is one of our commands: `python -m glidre_jax.…`
+  or a `glidre-…` console script. A REPL, a notebook kernel or another
+  program that calls an entry point is not re-executed under itself."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  if spec is not None and spec.name.startswith("glidre_jax."):
+    return True
+  return os.path.basename(sys.argv[0] if sys.argv else "").startswith("glidre-")
+
+
 def relaunch() -> None:
   """Re-executes this command line with mimalloc preloaded (same process id,
-  arguments and environment otherwise); returns where nothing is to change.
-  Call it first thing in a CLI entry point, never from library code."""
+  arguments and environment otherwise); returns where nothing is to change
+  or the process is not one of our commands (`is_command_line`). Call it
+  first thing in a CLI entry point."""
+  if not is_command_line():
+    return
   env = preload_environment(os.environ)
   if env is None:
     return

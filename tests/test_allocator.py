@@ -43,13 +43,17 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _clean_env():
+  return {k: v for k, v in os.environ.items()
+          if k not in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY", "GLIDRE_ALLOCATOR_RELAUNCHED")}
+
+
 @needs_mimalloc
 @pytest.mark.parametrize("choice", ["mimalloc", "system"])
 def test_relaunch_reexecutes_the_same_command_with_mimalloc_loaded(tmp_path, choice):
-  script = tmp_path / "child.py"
+  script = tmp_path / "glidre-child"  # named as our console scripts are
   script.write_text(SCRIPT)
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY", "GLIDRE_ALLOCATOR_RELAUNCHED")}
+  env = _clean_env()
   env[allocator.CHOICE] = choice
   proc = subprocess.Popen([sys.executable, str(script), "--flag", "x y"], env=env,
                           stdout=subprocess.PIPE, text=True)
@@ -64,6 +68,19 @@ def test_relaunch_reexecutes_the_same_command_with_mimalloc_loaded(tmp_path, cho
   assert f"pid {proc.pid}" in lines
   assert f"loaded {relaunched}" in lines
   assert f"purge {allocator.PURGE_DELAY_MS if relaunched else None}" in lines
+
+
+@needs_mimalloc
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_relaunch_leaves_other_programs_alone(tmp_path, how):
+  # Another program (or a REPL, a notebook) calling an entry point is not
+  # re-executed: only `python -m glidre_jax.…` and `glidre-…` scripts are.
+  script = tmp_path / "child.py"
+  script.write_text(SCRIPT)
+  args, stdin = ([str(script)], None) if how == "script" else (["-"], SCRIPT)
+  out = subprocess.run([sys.executable, *args], env=_clean_env(), input=stdin,
+                       capture_output=True, text=True, check=True).stdout.splitlines()
+  assert out.count("before") == 1 and "loaded False" in out
 
 
 def test_the_module_prints_what_to_preload():
