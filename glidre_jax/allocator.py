@@ -6,7 +6,7 @@ mmap and returns them at free, so the next step touches fresh pages again:
 ~260 000 page faults a step, ~0.5 s of a 2 s step on a two-core VM. mimalloc
 (the `cmeel-mimalloc` wheel) keeps freed pages for `MIMALLOC_PURGE_DELAY`
 milliseconds, so step after step reuses them (same-work step 1.9-2.1 s ->
-1.5-1.6 s here, peak RSS unchanged).
+1.5-1.6 s here; peak RSS within ±10 %).
 
 An allocator is chosen before a process starts (LD_PRELOAD), so the CLIs
 (`python -m glidre_jax.train`, `glidre-train`, ...) call `relaunch()` first:

@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from glidre_jax import (allocator, checkpointing, cli, cli_config, distributed, evaluate, metrics, run_dir,
-                        sharding, shipped, trainer as trainer_lib)
+from glidre_jax import (allocator, checkpointing, cli, cli_config, distributed, evaluate, metrics,
+                        run_dir, sharding, shipped, trainer as trainer_lib)
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import pairs as pairs_lib
 from glidre_jax.data import pipeline, registry

@@ -94,9 +94,14 @@ def train_batches(feats, batch_size: int, count: int, data, labels: dict, seed: 
             for k in range(count)]
   if not own_pairs:
     return one_shape(chunks, data, labels, batch_size)
-  need = shared_shape(chunks)
-  return [collate(c, data.buckets, labels, batch_size, need=need + (
-      pairs.shard_need([pairs.num_pairs(f) for f in c], batch_size, 1),)) for c in chunks]
+  shape = shared_shape(chunks)
+  return [collate(c, data.buckets, labels, batch_size, need=shape + (n,))
+          for c, n in zip(chunks, pair_needs(chunks, batch_size))]
+
+
+def pair_needs(chunks, batch_size: int) -> list[int]:
+  """The pairs each chunk's one shard holds (data.pairs.shard_need)."""
+  return [pairs.shard_need([pairs.num_pairs(f) for f in c], batch_size, 1) for c in chunks]
 
 
 def shared_shape(chunks) -> tuple[int, int, int]:
@@ -107,8 +112,7 @@ def shared_shape(chunks) -> tuple[int, int, int]:
 def one_shape(chunks, data, labels: dict, batch_size: int) -> list[dict]:
   """The chunks collated to one shape (one compilation): the largest pair
   bucket any of them needs (data.pairs), the bucket's (L, W, E)."""
-  need = shared_shape(chunks) + (max(
-      pairs.shard_need([pairs.num_pairs(f) for f in c], batch_size, 1) for c in chunks),)
+  need = shared_shape(chunks) + (max(pair_needs(chunks, batch_size)),)
   return [collate(c, data.buckets, labels, batch_size, need=need) for c in chunks]
 
 

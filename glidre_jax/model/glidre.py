@@ -189,12 +189,16 @@ def lop_context(alpha: jax.Array, docs: jax.Array, words: jax.Array) -> jax.Arra
   a per-pair gather of words ([C, W, D], far more memory): 2·Bs·W·D per pair,
   ~10 % (W = 256) to ~19 % (W = 512) of a pair's head FLOPs at Bs = 4, D = 384.
   """
+  return _lop_context(alpha, docs, words)
+
+
+def _lop_context(alpha, docs, words):
   s, bs, w, d = words.shape
   return jnp.einsum("scv,svd->scd", _spread(alpha, docs, bs), words.reshape(s, bs * w, d))
 
 
 def _lop_context_fwd(alpha, docs, words):
-  return lop_context(alpha, docs, words), (alpha, docs, words)
+  return _lop_context(alpha, docs, words), (alpha, docs, words)
 
 
 def _lop_context_bwd(residuals, grad):
