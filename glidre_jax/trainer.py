@@ -162,8 +162,17 @@ class Trainer:
 
   @functools.cached_property
   def initial_state(self) -> TrainState:
-    """Step 0, placed with `state_sharding` (built on first use)."""
-    return sharding.put(self._new_state(self._params, self._rest), self.state_sharding)
+    """Step 0, placed with `state_sharding` (built on first use). The trainer
+    then lets go of the model's arrays: the first step donates this state,
+    and a buffer still referenced elsewhere cannot be donated: XLA would keep
+    the initial parameters alive beside the updated ones for the whole run."""
+    shard = self.state_sharding
+    params, rest = sharding.put((self._params, self._rest), (shard.params, shard.rest))
+    self._params = self._rest = None
+    # put's arrays may alias host memory, which XLA cannot donate: the state
+    # gets buffers of its own (a copy), its optimizer state built in place.
+    own = lambda p, r: self._new_state(*jax.tree.map(jnp.copy, (p, r)))
+    return jax.jit(own, out_shardings=shard)(params, rest)
 
   def train_step(self, state: TrainState, batch: dict) -> TrainState:
     """One micro-step (an optimizer update every train.grad_accum of them);

@@ -67,6 +67,7 @@ def test_frozen_label_states_match_the_old_step_and_leave_the_step():
   ref_losses, ref_params = reference_steps(trainer, batches)
   CountingBert.calls = 0
   state, got = trainer.initial_state, []
+  init = jax.tree.leaves(jax.device_get(state.params))
   for batch in batches:
     state = trainer.train_step(state, trainer.place(batch))
     metrics, state = trainer.fetch_metrics(state)
@@ -74,7 +75,6 @@ def test_frozen_label_states_match_the_old_step_and_leave_the_step():
   # Traced once, in the eval-mode label step; the train step has no label encoder.
   assert CountingBert.calls == 1 and trainer.label_encodes == 1 and trainer.num_traces == 1
   np.testing.assert_allclose(got, ref_losses, rtol=1e-5)
-  init = jax.tree.leaves(jax.device_get(trainer._params))
   ours = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
   moved = set()
   for (path, a), b, a0 in zip(ours, jax.tree.leaves(ref_params), init):

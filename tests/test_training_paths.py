@@ -126,6 +126,22 @@ def test_train_step_is_finite(name, tiny_encoders, short_docs, tok, schema):
   assert trainer.num_traces == 1  # one compilation for the bucket shape
 
 
+def test_first_step_updates_the_initial_parameters_in_place(tiny_encoders, short_docs, tok,
+                                                             schema):
+  """The initial state owns its buffers (not views of host memory) and the
+  trainer keeps no other reference to them, so the first step's donation
+  reuses them: a buffer XLA cannot donate would stay beside the updated
+  parameters."""
+  config = case_config()
+  # Encoders of its own (nnx.clone shares the fixture's arrays), gone with the call.
+  trainer = make_trainer(config, [encoders.new_encoder(tiny_bert(), seed=s) for s in (0, 1)])
+  state = trainer.initial_state
+  before = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state.params)]
+  state = trainer.train_step(state, trainer.place(first_batch(config, short_docs, tok, schema)))
+  after = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state.params)]
+  assert after == before, f"{sum(a != b for a, b in zip(after, before))} of {len(after)} moved"
+
+
 def overfit(loss, tiny_encoders, docs, tok, schema, steps=10):
   """Loss curve of `steps` train steps on one batch of two documents, no dropout."""
   config = case_config(loss=loss, gamma=0.8, steps=steps, lr=3e-3)

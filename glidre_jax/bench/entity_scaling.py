@@ -57,6 +57,7 @@ def measure(num_entities: int, chunk: int, train: bool, repeats: int, peak: floa
   model = run_dir.build_model(config)
   trainer = trainer_lib.Trainer(model, config.train, sharding.make_mesh(1, 1, jax.devices()[:1]))
   state = trainer.initial_state
+  model = run_dir.abstract_model(config)  # shapes for the FLOPs; its arrays would stay resident
   if train:
     placed = trainer.place(batch)
     compiled = trainer.lower(trainer.abstract_state, placed).compile()  # for its memory

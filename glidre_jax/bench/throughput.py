@@ -263,6 +263,9 @@ def main(argv=None):
     state = trainer_lib.TrainState(None, nnx.as_pure(params), nnx.as_pure(rest), None, {})
   else:
     state = trainer.initial_state
+  # The FLOP counts need shapes only: the built model's arrays would stay
+  # resident beside the state's (peak RSS).
+  model = run_dir.abstract_model(config)
   rows = []
   for b in sorted(common.parse_ints(args.batch_sizes)):
     row = {"batch_size": b, "bucket": "x".join(map(str, bucket)), "timed_steps": steps}
