@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -19,6 +23,28 @@ def test_minilm_tokenizer_is_local_fast_and_unpadded(tok):
   assert tok.backend_tokenizer.truncation is None
   with pytest.raises(FileNotFoundError):
     load_tokenizer("/nonexistent/tokenizer/dir")
+
+
+def test_loading_a_tokenizer_json_does_not_import_torch():
+  """torch (~230 MB resident when installed) comes in through AutoTokenizer's
+  model classes; a directory with tokenizer.json never needs them."""
+  code = ("import sys; from glidre_jax.data.tokenize import load_tokenizer, minilm_path; "
+          "load_tokenizer(minilm_path()); print('torch' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False"
+
+
+def test_a_slow_tokenizer_directory_converts_to_the_same_subwords(tok, tmp_path, dev_docs):
+  """Without tokenizer.json (e.g. DeBERTa-v3's spm.model) AutoTokenizer builds
+  the fast tokenizer: here from MiniLM's vocab.txt, the same subwords."""
+  for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+    shutil.copy(minilm_path() / name, tmp_path / name)
+  slow = load_tokenizer(tmp_path)
+  assert slow.pad_token_id == tok.pad_token_id
+  for doc in dev_docs[:20]:
+    got, want = (tokenize_words(t, doc.words, 512) for t in (slow, tok))
+    np.testing.assert_array_equal(got.input_ids, want.input_ids)
+    np.testing.assert_array_equal(got.word_index, want.word_index)
 
 
 def test_first_subword_positions_unicode(tok):

@@ -35,13 +35,18 @@ def load_tokenizer(path_or_dir: str | os.PathLike):
   Padding and truncation stored in tokenizer.json are switched off: this
   module pads and truncates itself, to bucket shapes.
   """
-  from transformers import AutoTokenizer  # heavy import, only when needed
-
   path = pathlib.Path(path_or_dir)
   if not path.is_dir():
     raise FileNotFoundError(f"tokenizer directory {path} does not exist "
                             "(tokenizers are only loaded from local directories)")
-  tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+  # Only the backend (tokenizer.json) and pad_token_id are used. The generic
+  # class reads both; AutoTokenizer's model classes import torch when it is
+  # installed (~230 MB resident), so they only convert a slow tokenizer.
+  if (path / "tokenizer.json").exists():
+    from transformers import PreTrainedTokenizerFast as cls  # heavy import, only when needed
+  else:
+    from transformers import AutoTokenizer as cls
+  tok = cls.from_pretrained(str(path), local_files_only=True, use_fast=True)
   if not tok.is_fast:
     raise ValueError(f"{path}: no fast tokenizer (tokenizer.json) available; word_ids() needs one")
   tok.backend_tokenizer.no_padding()
