@@ -1,4 +1,5 @@
-"""The C allocator under XLA:CPU's buffers: mimalloc for the command-line tools.
+"""The C allocator under XLA:CPU's buffers: mimalloc for the command-line tools
+(and XLA:CPU's memory-saving scheduler).
 
 Every execution of a compiled step allocates its temporaries afresh (about
 1 GiB for the same-work train step). glibc serves allocations that large with
@@ -14,6 +15,12 @@ it re-executes the same command line with mimalloc preloaded. In your own
 process (a notebook), start Python with the environment that
 `python -m glidre_jax.allocator` prints. GLIDRE_ALLOCATOR=system keeps the C
 library's malloc.
+
+The same environment turns off XLA:CPU's concurrency-optimized scheduler
+(`XLA_FLAGS`, unless it names that flag already): ordering the step for
+concurrency keeps more buffers live at once (same-work step: XLA's
+temporaries 1.04 -> 0.87 GB, peak RSS 4.1 -> 3.5 GB; step time within
+±3 %). It applies under either allocator.
 """
 from __future__ import annotations
 
@@ -29,6 +36,15 @@ _RELAUNCHED = "GLIDRE_ALLOCATOR_RELAUNCHED"  # set in the re-executed process: n
 # Freed pages stay mapped this long (ms): longer than a step, so the next
 # step reuses them; mimalloc's own default (10 ms) returns them in between.
 PURGE_DELAY_MS = "1000"
+SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
+
+
+def xla_flags(flags: str) -> str:
+  """XLA_FLAGS with the memory-saving scheduler (a setting of the flag
+  already there wins)."""
+  if SCHEDULER_FLAG in flags:
+    return flags
+  return " ".join(f for f in (flags, SCHEDULER_FLAG + "=false") if f)
 
 
 def library() -> str | None:
@@ -78,11 +94,14 @@ def is_command_line() -> bool:
 
 def relaunch() -> None:
   """Re-executes this command line with mimalloc preloaded (same process id,
-  arguments and environment otherwise); returns where nothing is to change
+  arguments and environment otherwise; XLA_FLAGS gets the memory-saving
+  scheduler, re-executed or not); returns where nothing is to change
   or the process is not one of our commands (`is_command_line`). Call it
   first thing in a CLI entry point."""
   if not is_command_line():
     return
+  # Read when jax starts its backend, later than this; inherited by the exec.
+  os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""))
   env = preload_environment(os.environ)
   if env is None:
     return
@@ -107,7 +126,8 @@ def main() -> int:
           f"libmimalloc: {library() or 'not installed (pip install cmeel-mimalloc)'}; "
           f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')})")
     return 0
-  print(f"LD_PRELOAD={env['LD_PRELOAD']} MIMALLOC_PURGE_DELAY={env['MIMALLOC_PURGE_DELAY']}")
+  print(f"LD_PRELOAD={env['LD_PRELOAD']} MIMALLOC_PURGE_DELAY={env['MIMALLOC_PURGE_DELAY']} "
+        f"XLA_FLAGS='{xla_flags(os.environ.get('XLA_FLAGS', ''))}'")
   return 0
 
 

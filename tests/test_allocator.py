@@ -40,12 +40,14 @@ SCRIPT = textwrap.dedent("""
     print("pid", os.getpid())
     print("loaded", "libmimalloc" in maps)
     print("purge", os.environ.get("MIMALLOC_PURGE_DELAY"))
+    print("xla", os.environ.get("XLA_FLAGS"))
 """)
 
 
 def _clean_env():
   return {k: v for k, v in os.environ.items()
-          if k not in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY", "GLIDRE_ALLOCATOR_RELAUNCHED")}
+          if k not in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY", "GLIDRE_ALLOCATOR_RELAUNCHED",
+                       "XLA_FLAGS")}
 
 
 @needs_mimalloc
@@ -68,6 +70,16 @@ def test_relaunch_reexecutes_the_same_command_with_mimalloc_loaded(tmp_path, cho
   assert f"pid {proc.pid}" in lines
   assert f"loaded {relaunched}" in lines
   assert f"purge {allocator.PURGE_DELAY_MS if relaunched else None}" in lines
+  # The memory-saving scheduler, under either allocator.
+  assert f"xla {allocator.SCHEDULER_FLAG}=false" in lines
+
+
+def test_xla_flags_add_the_memory_saving_scheduler_unless_set():
+  assert allocator.xla_flags("") == f"{allocator.SCHEDULER_FLAG}=false"
+  assert (allocator.xla_flags("--xla_force_host_platform_device_count=2")
+          == f"--xla_force_host_platform_device_count=2 {allocator.SCHEDULER_FLAG}=false")
+  mine = f"{allocator.SCHEDULER_FLAG}=true"
+  assert allocator.xla_flags(mine) == mine
 
 
 @needs_mimalloc
@@ -80,7 +92,7 @@ def test_relaunch_leaves_other_programs_alone(tmp_path, how):
   args, stdin = ([str(script)], None) if how == "script" else (["-"], SCRIPT)
   out = subprocess.run([sys.executable, *args], env=_clean_env(), input=stdin,
                        capture_output=True, text=True, check=True).stdout.splitlines()
-  assert out.count("before") == 1 and "loaded False" in out
+  assert out.count("before") == 1 and "loaded False" in out and "xla None" in out
 
 
 def test_the_module_prints_what_to_preload():
