@@ -121,13 +121,14 @@ def console(main: Callable[[], int | None]) -> Callable[[], int | None]:
 
 def main() -> int:
   env = preload_environment({k: v for k, v in os.environ.items() if k != _RELAUNCHED})
+  flags = f"XLA_FLAGS='{xla_flags(os.environ.get('XLA_FLAGS', ''))}'"  # either allocator
   if env is None:
     print(f"# nothing to preload ({CHOICE}={os.environ.get(CHOICE, 'mimalloc')}, "
           f"libmimalloc: {library() or 'not installed (pip install cmeel-mimalloc)'}; "
-          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')})")
+          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')})\n{flags}")
     return 0
   print(f"LD_PRELOAD={env['LD_PRELOAD']} MIMALLOC_PURGE_DELAY={env['MIMALLOC_PURGE_DELAY']} "
-        f"XLA_FLAGS='{xla_flags(os.environ.get('XLA_FLAGS', ''))}'")
+        + flags)
   return 0
 
 

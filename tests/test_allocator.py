@@ -98,6 +98,8 @@ def test_relaunch_leaves_other_programs_alone(tmp_path, how):
 def test_the_module_prints_what_to_preload():
   out = subprocess.run([sys.executable, "-m", "glidre_jax.allocator"], capture_output=True,
                        text=True, check=True, env={**os.environ, "GLIDRE_ALLOCATOR": "mimalloc"})
+  # The scheduler flag whatever the allocator.
+  assert f"XLA_FLAGS='{allocator.xla_flags(os.environ.get('XLA_FLAGS', ''))}'" in out.stdout
   if LIB is None:
     assert out.stdout.startswith("# nothing to preload")
   elif LIB in os.environ.get("LD_PRELOAD", ""):

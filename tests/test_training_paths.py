@@ -12,6 +12,8 @@ label sets, windows, pair blocks, self pairs on / off, projections.
 """
 from __future__ import annotations
 
+import gc
+
 import jax
 import numpy as np
 import pytest
@@ -133,9 +135,17 @@ def test_first_step_updates_the_initial_parameters_in_place(tiny_encoders, short
   reuses them: a buffer XLA cannot donate would stay beside the updated
   parameters."""
   config = case_config()
-  # Encoders of its own (nnx.clone shares the fixture's arrays), gone with the call.
-  trainer = make_trainer(config, [encoders.new_encoder(tiny_bert(), seed=s) for s in (0, 1)])
+  # Encoders of its own (nnx.clone shares the fixture's arrays).
+  model = GLiDREModel(run_dir.model_config(config), *(
+      encoders.new_encoder(tiny_bert(), seed=s) for s in (0, 1)), rngs=nnx.Rngs(config.seed))
+  trainer = trainer_lib.Trainer(model, config.train)
+  originals = {x.unsafe_buffer_pointer() for x in jax.tree.leaves(nnx.state(model, nnx.Param))}
+  del model
   state = trainer.initial_state
+  gc.collect()
+  # Copied while the originals were alive (distinct addresses); none held now.
+  assert not originals & {x.unsafe_buffer_pointer() for x in jax.live_arrays()
+                          if not x.is_deleted()}
   before = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state.params)]
   state = trainer.train_step(state, trainer.place(first_batch(config, short_docs, tok, schema)))
   after = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state.params)]
