@@ -187,15 +187,17 @@ def _step_dir(manager, step: int):
 
 
 class _FinishingEventLoop(asyncio.SelectorEventLoop):
-  """An event loop that, when closed, first cancels its pending tasks and
-  runs them to their end (as asyncio.run does).
+  """An event loop that outlives the reads it started.
 
   Orbax reads a checkpoint's arrays in a fresh loop (`asyncio.gather` of
-  TensorStore reads) and closes it as soon as one read fails; the reads still
-  in flight then complete on TensorStore's threads, whose callback into the
-  closed loop raises "RuntimeError: Event loop is closed", printed as a
-  traceback per read (more of them the slower the machine). Cancelled here
-  while the loop is open, their callbacks land in it and do nothing.
+  TensorStore reads) and closes it as soon as one read fails. The reads still
+  in flight complete later on TensorStore's threads, whose callback into the
+  closed loop raised "RuntimeError: Event loop is closed", printed as a
+  traceback per read (more of them the slower the machine). Here the pending
+  tasks are cancelled and run to their end before the loop closes (as
+  asyncio.run does), and a read that completes after that (cancelling the
+  task does not stop a read already running) has its result dropped: nobody
+  waits for it any more.
   """
 
   def close(self) -> None:
@@ -206,6 +208,14 @@ class _FinishingEventLoop(asyncio.SelectorEventLoop):
       if pending:
         self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     super().close()
+
+  def call_soon_threadsafe(self, callback, *args, context=None):
+    try:
+      return super().call_soon_threadsafe(callback, *args, context=context)
+    except RuntimeError:
+      if self.is_closed():  # a read that outlived its restore (see above)
+        return None
+      raise
 
 
 class _FinishingPolicy(asyncio.DefaultEventLoopPolicy):

@@ -146,6 +146,36 @@ def test_a_failed_read_leaves_no_read_in_flight(tmp_path, monkeypatch):
   assert [repr(u.exc_value) for u in unraisable] == []
 
 
+def test_a_read_that_outlives_its_restore_is_dropped_quietly(monkeypatch):
+  """The race behind the test above, made certain: a read that was already
+  running when orbax closed its loop (cancelling the task does not stop it)
+  completes on another thread and calls back into the closed loop, as
+  TensorStore does (loop.call_soon_threadsafe). Its result is dropped; other
+  misuse of a closed loop still raises."""
+  import asyncio
+  import threading
+  from glidre_jax import checkpointing
+  unraisable = []
+  monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+  with checkpointing._reads_finish_before_their_loop_closes():
+    loop = asyncio.new_event_loop()
+  waiter = loop.create_future()
+  loop.close()
+  errors = []
+
+  def late_read():
+    try:
+      loop.call_soon_threadsafe(waiter.set_result, "bytes")
+    except Exception as e:  # noqa: BLE001 - what TensorStore's thread would print
+      errors.append(e)
+  thread = threading.Thread(target=late_read)
+  thread.start()
+  thread.join()
+  assert errors == [] and unraisable == [] and not waiter.done()
+  with pytest.raises(RuntimeError, match="closed"):
+    loop.call_soon(print)
+
+
 @pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(command, reference,
                                                                     tmp_path):
