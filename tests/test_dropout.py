@@ -71,3 +71,27 @@ def test_dropout_module_scales_kept_values_and_routes_the_gradient():
   assert common.Dropout(0.0, rngs=None)(x) is x  # rate 0 needs no rng
   with pytest.raises(ValueError, match="no rngs"):
     common.Dropout(0.5, rngs=None)(x)
+
+
+def test_stream_draws_give_fresh_uncorrelated_masks_without_threefry():
+  """A stream's draws (stream_seeds: its key and count, hashed) give masks as
+  independent as keys' masks; the count advances once per draw; no threefry
+  runs (each one is ~16 small kernels on XLA:CPU, per compiled shape)."""
+  stream = nnx.Rngs(dropout=0).dropout
+  other = nnx.Rngs(dropout=1).dropout
+  seeds = [common.stream_seeds(stream) for _ in range(3)] + [common.stream_seeds(other)]
+  assert int(stream.count[...]) == 3 and int(other.count[...]) == 1
+  masks = [np.asarray(common.keep_mask_from_seeds(s, SHAPE, 0.1)) for s in seeds]
+  bound = 5 / np.sqrt(masks[0].size)
+  sigma = np.sqrt(0.9 * 0.1 / masks[0].size)
+  for i, m in enumerate(masks):
+    assert abs(m.mean() - 0.9) < 5 * sigma
+    for j in range(i + 1, len(masks)):
+      assert abs(_corr(m, masks[j])) < bound, (i, j)
+  again = nnx.Rngs(dropout=0).dropout  # the same stream state gives the same seeds
+  np.testing.assert_array_equal(np.asarray(common.stream_seeds(again)), np.asarray(seeds[0]))
+
+  drop = common.Dropout(0.1, rngs=nnx.Rngs(dropout=2))
+  graphdef, state = nnx.split(drop)
+  jaxpr = str(jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, jnp.ones((8, 8))))
+  assert "threefry" not in jaxpr and "random_bits" not in jaxpr

@@ -118,15 +118,20 @@ def _fmix32(h: jax.Array) -> jax.Array:
 
 
 def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
-  """Dropout's keep mask (True with probability 1 - rate, quantised to 2⁻³²).
+  """Dropout's keep mask (True with probability 1 - rate, quantised to 2⁻³²)
+  from a PRNG key: `keep_mask_from_seeds` with two seeds drawn from it."""
+  return keep_mask_from_seeds(jax.random.bits(key, (2,), jnp.uint32), shape, rate)
 
-  Counter-based: two 32-bit seeds drawn from `key`, then a hash of each
-  element's flat index. On XLA:CPU threefry costs ~25 ns an element (a
-  [1736, 3072] mask took as long as a [1736, 768] × [768, 3072] matmul); the
-  hash fuses into the consumer at ~1 ns. The index comes from broadcasted
-  iotas, so a sharded array hashes the same indices as an unsharded one.
+
+def keep_mask_from_seeds(seed: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+  """Dropout's keep mask from two uint32 seeds.
+
+  Counter-based: a hash of each element's flat index, keyed by the seeds.
+  On XLA:CPU threefry costs ~25 ns an element (a [1736, 3072] mask took as
+  long as a [1736, 768] × [768, 3072] matmul); the hash fuses into the
+  consumer at ~1 ns. The index comes from broadcasted iotas, so a sharded
+  array hashes the same indices as an unsharded one.
   """
-  seed = jax.random.bits(key, (2,), jnp.uint32)
   index = jnp.zeros(shape, jnp.uint32)
   stride = 1
   for axis in reversed(range(len(shape))):
@@ -140,9 +145,31 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
   return h >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
 
 
+def stream_seeds(stream: nnx.RngStream) -> jax.Array:
+  """Two uint32 seeds for the next draw of an nnx rng stream (its count
+  advances by one, as a draw of the stream does): its key's data and the
+  count, hashed.
+
+  The stream's own draw (fold_in) and the two seeds drawn from the key it
+  returns each run threefry: on XLA:CPU ~16 small kernels a dropout layer,
+  ~650 in the same-work train step, whose executable keeps ~60 KB a kernel
+  for every batch shape it is compiled for. These are two fused scalar hashes.
+  """
+  data = jax.random.key_data(stream.key[...]).ravel().astype(jnp.uint32)
+  count = stream.count[...].astype(jnp.uint32)
+  stream.count[...] += 1
+  h0 = _fmix32(count * jnp.uint32(0x9E3779B9) + jnp.uint32(0x7F4A7C15))
+  h1 = _fmix32(h0 ^ jnp.uint32(0x85EBCA77))
+  for i in range(data.shape[0]):  # every word of the key counts
+    h0, h1 = _fmix32(h0 ^ data[i]), _fmix32(h1 + data[i] * jnp.uint32(0xC2B2AE3D))
+  return jnp.stack([h0, _fmix32(h1 ^ h0)])
+
+
 class Dropout(nnx.Dropout):
   """nnx.Dropout (same arguments and rng handling) with `keep_mask`'s
-  counter-based mask; a no-op that needs no rng when rate == 0."""
+  counter-based mask; a no-op that needs no rng when rate == 0. A stream
+  (its own, or nnx.Rngs / RngStream passed in) gives `stream_seeds`; a key
+  passed in gives `keep_mask`."""
 
   def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
     deterministic = self.deterministic if deterministic is None else deterministic
@@ -156,12 +183,11 @@ class Dropout(nnx.Dropout):
     if rngs is None:
       raise ValueError("Dropout is not deterministic but has no rngs")
     if isinstance(rngs, nnx.Rngs):
-      key = rngs[self.rng_collection]()
+      keep = keep_mask_from_seeds(stream_seeds(rngs[self.rng_collection]), x.shape, self.rate)
     elif isinstance(rngs, nnx.RngStream):
-      key = rngs()
+      keep = keep_mask_from_seeds(stream_seeds(rngs), x.shape, self.rate)
     else:
-      key = rngs
-    keep = keep_mask(key, x.shape, self.rate)
+      keep = keep_mask(rngs, x.shape, self.rate)
     return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
 
 
