@@ -21,7 +21,7 @@ from flax import nnx
 
 from configs import default
 from glidre_jax import encoders, run_dir, trainer as trainer_lib
-from glidre_jax.data import pairs, registry
+from glidre_jax.data import batch as batch_lib, pairs, registry
 from glidre_jax.data import pipeline
 from glidre_jax.model.glidre import GLiDREModel
 from tiny_model import tiny_bert
@@ -150,6 +150,29 @@ def test_first_step_updates_the_initial_parameters_in_place(tiny_encoders, short
   state = trainer.train_step(state, trainer.place(first_batch(config, short_docs, tok, schema)))
   after = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state.params)]
   assert after == before, f"{sum(a != b for a, b in zip(after, before))} of {len(after)} moved"
+
+
+def test_only_the_gradient_step_compiles_per_batch_shape(tiny_encoders, short_docs, tok,
+                                                         schema):
+  """Batches of two pair buckets: the gradients compile twice, the optimizer
+  update (AdamW over every parameter array, ~6 XLA:CPU kernels each, whose
+  code an executable keeps) once; the metrics sum both steps."""
+  config = case_config()
+  trainer = make_trainer(config, tiny_encoders)
+  batch = first_batch(config, short_docs, tok, schema)
+  wider = dict(batch)  # the same documents in a larger pair bucket: padding pairs
+  extra = 64
+  for name in batch_lib.PAIR_FIELDS:
+    pad = [(0, 0)] * batch[name].ndim
+    pad[1] = (0, extra)
+    wider[name] = np.pad(batch[name], pad)
+  state = trainer.initial_state
+  for b in (batch, wider, batch):
+    state = trainer.train_step(state, trainer.place(b))
+  metrics, state = trainer.fetch_metrics(state)
+  assert trainer.num_traces == 2
+  assert trainer._update_jit._cache_size() == 1
+  assert np.isfinite(metrics["loss"]) and int(state.step) == 3
 
 
 def overfit(loss, tiny_encoders, docs, tok, schema, steps=10):
