@@ -254,15 +254,16 @@ def _tree_bytes(tree) -> int:
                  x.dtype, jax.dtypes.prng_key))
 
 
-def memory_analysis(config) -> dict:
+def memory_analysis(config, split_update: bool | None = None) -> dict:
   """Compiles the train step for the largest bucket on shapes alone (random
   encoders of the configured architecture; nothing allocated, no weights
-  read) and returns its per-device memory in bytes."""
+  read) and returns its per-device memory in bytes. `split_update`: as
+  Trainer's (None: the step this platform runs)."""
   num_labels = (max(config.data.label_buckets) if config.data.open_labels
                 else registry.load_schema(config).num_labels)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   trainer = trainer_lib.Trainer(run_dir.abstract_model(config), config.train, mesh,
-                                fsdp=config.mesh.fsdp)
+                                fsdp=config.mesh.fsdp, split_update=split_update)
   batch = abstract_batch(config, num_labels, mesh.shape[sharding.DATA])
   placed = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=(
       trainer.batch_sharding if len(v.shape) and k in batch_lib.DOC_FIELDS

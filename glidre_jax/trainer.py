@@ -1,5 +1,5 @@
-"""Optimizer, train state and the jitted train step: gradients per batch shape,
-the optimizer update compiled once (inference: glidre_jax.inference)."""
+"""Optimizer, train state and the jitted train step (on XLA:CPU: gradients per
+batch shape, the optimizer update compiled once; inference: glidre_jax.inference)."""
 from __future__ import annotations
 
 import dataclasses
@@ -123,11 +123,15 @@ class StepMemory:
 
 @dataclasses.dataclass(frozen=True)
 class CompiledStep:
-  grads: Any  # jax.stages.Compiled, per batch shape
-  update: Any  # jax.stages.Compiled, the same for every shape
+  """The executables of a train step (Trainer.split_update: two, else one
+  in `grads` and `update` None)."""
+  grads: Any  # jax.stages.Compiled: the gradients, per batch shape (or the whole step)
+  update: Any  # jax.stages.Compiled: the optimizer update, the same for every shape
   optimizer_bytes: int  # per device: the state outside the gradients' arguments
 
   def memory_analysis(self) -> StepMemory | None:
+    if self.update is None:  # one executable: XLA's own analysis
+      return self.grads.memory_analysis()
     g, u = self.grads.memory_analysis(), self.update.memory_analysis()
     if g is None or u is None:
       return None
@@ -143,12 +147,13 @@ class CompiledStep:
 
 @dataclasses.dataclass(frozen=True)
 class LoweredStep:
-  grads: Any  # jax.stages.Lowered
+  grads: Any  # jax.stages.Lowered, as CompiledStep
   update: Any
   optimizer_bytes: int
 
   def compile(self) -> CompiledStep:
-    return CompiledStep(self.grads.compile(), self.update.compile(), self.optimizer_bytes)
+    update = None if self.update is None else self.update.compile()
+    return CompiledStep(self.grads.compile(), update, self.optimizer_bytes)
 
 
 def device_bytes(tree) -> int:
@@ -181,7 +186,8 @@ class Trainer:
   """
 
   def __init__(self, model: nnx.Module, train_cfg, mesh: jax.sharding.Mesh | None = None, *,
-               fsdp: bool = False, fsdp_min_size: int = sharding.FSDP_MIN_SIZE):
+               fsdp: bool = False, fsdp_min_size: int = sharding.FSDP_MIN_SIZE,
+               split_update: bool | None = None):
     self.train_cfg = train_cfg
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
     self.frozen_labels = bool(train_cfg.freeze_label_encoder)
@@ -200,17 +206,22 @@ class Trainer:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
         self.state_sharding)
     self.batch_sharding = sharding.named(self.mesh, "batch")
-    # The step runs as two executables: the gradients, compiled per batch
-    # shape, and the optimizer update, compiled once. XLA:CPU keeps ~55-85 KB
-    # per compiled kernel for the executable's life, and AdamW with clipping
-    # makes ~6 kernels per parameter array (~1 400 on the same-work model):
-    # inside one jitted step they were compiled again for every shape.
-    # Dispatch stays asynchronous; the gradients are live at once either way
-    # (global-norm clipping needs them all).
+    # On XLA:CPU the step runs as two executables: the gradients, compiled
+    # per batch shape, and the optimizer update, compiled once. XLA:CPU keeps
+    # ~55-85 KB per compiled kernel for the executable's life, and AdamW with
+    # clipping makes ~6 kernels per parameter array (~1 400 on the same-work
+    # model): in one jitted step they were compiled again for every shape.
+    # Elsewhere one step: XLA may then place the gradients in memory the
+    # forward activations freed (up to ~45 % of the gradients' bytes on CPU),
+    # which counts more on an accelerator than a few MB of code per shape.
+    if split_update is None:
+      split_update = self.mesh.devices.flat[0].platform == "cpu"
+    self.split_update = bool(split_update)
     self._grads_jit = jax.jit(self._grads, out_shardings=(
         sharding.named(self.mesh), self.state_sharding.rest, self.state_sharding.params))
     self._update_jit = jax.jit(self._update, donate_argnums=0,
                                out_shardings=self.state_sharding)
+    self._step_jit = jax.jit(self._step, donate_argnums=0, out_shardings=self.state_sharding)
     self._label_jit = jax.jit(self._label_states, out_shardings=sharding.named(self.mesh))
     self._label_cache: dict = {}  # label-set key -> pooled states [K, d_label]
     self._last_params = None  # the parameters the last step returned
@@ -246,8 +257,11 @@ class Trainer:
       tokens = {k: batch.pop(k) for k in batch_lib.LABEL_TOKEN_FIELDS}
       labels = self.label_states(state, key, tokens)
     with jax.set_mesh(self.mesh):  # sharding.constrain resolves against it
-      loss, rest, grads = self._grads_jit(state.params, state.rest, batch, labels)
-      state = self._update_jit(state, loss, rest, grads)
+      if not self.split_update:
+        state = self._step_jit(state, batch, labels)
+      else:  # dispatched one after the other, no host sync between
+        loss, rest, grads = self._grads_jit(state.params, state.rest, batch, labels)
+        state = self._update_jit(state, loss, rest, grads)
     self._last_params = state.params
     return state
 
@@ -288,10 +302,13 @@ class Trainer:
         labels = jax.eval_shape(self._label_jit, state.params, state.rest, tokens)
       labels = jax.ShapeDtypeStruct(labels.shape, labels.dtype, sharding=sharding.named(self.mesh))
     with jax.set_mesh(self.mesh):
+      if not self.split_update:
+        return LoweredStep(self._step_jit.lower(state, batch, labels), None, 0)
       grads = self._grads_jit.lower(state.params, state.rest, batch, labels)
-      loss, rest, grad_shapes = jax.eval_shape(
-          self._grads_jit, state.params, state.rest, batch, labels)
-      update = self._update_jit.lower(state, loss, rest, grad_shapes)
+      # The gradients' outputs: the loss, the rng state and the gradients.
+      loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.named(self.mesh))
+      abstract = self.abstract_state
+      update = self._update_jit.lower(state, loss, abstract.rest, abstract.params)
     optimizer = device_bytes((state.step, state.opt_state, state.metrics))
     return LoweredStep(grads, update, optimizer)
 
@@ -322,6 +339,11 @@ class Trainer:
         params, rest, batch, label_states)
     # Back to the parameters' own shardings (FSDP: a reduce-scatter).
     return loss, rest, jax.lax.with_sharding_constraint(grads, self.state_sharding.params)
+
+  def _step(self, state: TrainState, batch, label_states) -> TrainState:
+    """The whole step in one executable (split_update off)."""
+    loss, rest, grads = self._grads(state.params, state.rest, batch, label_states)
+    return self._update(state, loss, rest, grads)
 
   def _update(self, state: TrainState, loss, rest, grads) -> TrainState:
     """The optimizer update and metric sums: the same for every batch shape."""

@@ -80,10 +80,10 @@ def first_batch(config, docs, tok, schema) -> dict:
   return dataset[0]
 
 
-def make_trainer(config, tiny_encoders) -> trainer_lib.Trainer:
+def make_trainer(config, tiny_encoders, **kw) -> trainer_lib.Trainer:
   text, label = (nnx.clone(m) for m in tiny_encoders)
   model = GLiDREModel(run_dir.model_config(config), text, label, rngs=nnx.Rngs(config.seed))
-  return trainer_lib.Trainer(model, config.train)
+  return trainer_lib.Trainer(model, config.train, **kw)
 
 
 def flat(params) -> dict[str, np.ndarray]:
@@ -156,9 +156,9 @@ def test_only_the_gradient_step_compiles_per_batch_shape(tiny_encoders, short_do
                                                          schema):
   """Batches of two pair buckets: the gradients compile twice, the optimizer
   update (AdamW over every parameter array, ~6 XLA:CPU kernels each, whose
-  code an executable keeps) once; the metrics sum both steps."""
+  code an executable keeps) once; the one-executable step (accelerators)
+  takes the same steps."""
   config = case_config()
-  trainer = make_trainer(config, tiny_encoders)
   batch = first_batch(config, short_docs, tok, schema)
   wider = dict(batch)  # the same documents in a larger pair bucket: padding pairs
   extra = 64
@@ -166,13 +166,22 @@ def test_only_the_gradient_step_compiles_per_batch_shape(tiny_encoders, short_do
     pad = [(0, 0)] * batch[name].ndim
     pad[1] = (0, extra)
     wider[name] = np.pad(batch[name], pad)
-  state = trainer.initial_state
-  for b in (batch, wider, batch):
-    state = trainer.train_step(state, trainer.place(b))
-  metrics, state = trainer.fetch_metrics(state)
-  assert trainer.num_traces == 2
-  assert trainer._update_jit._cache_size() == 1
-  assert np.isfinite(metrics["loss"]) and int(state.step) == 3
+  results = {}
+  for split in (True, False):  # two executables (XLA:CPU's default), or one
+    trainer = make_trainer(config, tiny_encoders, split_update=split)
+    state = trainer.initial_state
+    for b in (batch, wider, batch):
+      state = trainer.train_step(state, trainer.place(b))
+    metrics, state = trainer.fetch_metrics(state)
+    assert trainer.num_traces == 2
+    assert (trainer._update_jit if split else trainer._step_jit)._cache_size() == (
+        1 if split else 2)
+    assert np.isfinite(metrics["loss"]) and int(state.step) == 3
+    results[split] = metrics, flat(state.params)
+  (m_split, p_split), (m_one, p_one) = results[True], results[False]
+  assert m_split["loss"] == pytest.approx(m_one["loss"], rel=1e-5)
+  for k in p_split:
+    np.testing.assert_allclose(p_split[k], p_one[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 def overfit(loss, tiny_encoders, docs, tok, schema, steps=10):
