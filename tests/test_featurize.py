@@ -202,3 +202,18 @@ def test_words_without_subwords_keep_place_and_weight(tok, schema):
   assert len(feat["input_ids"]) > 1 and not feat["window_word_mask"][:, [5, 9]].any()
   assert feat["window_word_mask"].any(0).tolist() == [bool(m) for m in f["word_mask"]]
   np.testing.assert_array_equal(windows.as_windowed(f)["window_word_mask"][0], f["word_mask"])
+
+
+def test_prediction_batches_group_documents_by_bucket():
+  """Sorted by subwords alone, documents of one sequence bucket but two word
+  buckets alternate, and every batch pads to the larger word bucket; the
+  plan sorts by bucket first."""
+  from glidre_jax.data.batching import plan_batches
+  buckets = Buckets(seq_len=(256,), words=(128, 256), entities=(16,))
+  # (subwords, words): subwords rise while words alternate across 128.
+  sizes = [(200 + i, 100 if i % 2 else 200) for i in range(8)]
+  feats = [{"input_ids": np.zeros(n), "word_index": np.zeros(w), "entity_mask": np.zeros(3),
+            "title": f"d{i}"} for i, (n, w) in enumerate(sizes)]
+  plan = plan_batches(feats, buckets, 4, window=0)
+  words = [{buckets.pick(*sizes[i], 3)[1] for i in idx} for idx, _ in plan]
+  assert words == [{128}, {256}]

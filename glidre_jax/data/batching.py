@@ -55,7 +55,12 @@ def plan_batches(features: Sequence[Mapping], buckets: featurize_lib.Buckets, ba
         entities=max(featurize_lib.feature_shape(features[i])[2] for i in single))
     collate = lambda docs, label_batch: featurize_lib.collate(docs, grown, label_batch,
                                                               batch_rows(len(docs), batch_size))
-    plan += [(c, collate) for c in featurize_lib.size_sorted_batches(features, batch_size, single)]
+    # Sorted by bucket first: raw sizes ordered by subwords alone mix word
+    # buckets in a batch (every document then pads to the larger one).
+    by_bucket = lambda f: grown.pick(*featurize_lib.feature_shape(f),
+                                     title=f.get("title", "<doc>")) + featurize_lib.feature_shape(f)
+    plan += [(c, collate) for c in featurize_lib.size_sorted_batches(features, batch_size, single,
+                                                                     by_bucket)]
   if windowed:
     collate = lambda docs, label_batch: collate_windows(docs, buckets, label_batch,
                                                         batch_rows(len(docs), batch_size), window)
