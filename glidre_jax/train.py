@@ -247,13 +247,6 @@ def abstract_batch(config, num_labels: int, shards: int = 1) -> dict:
           for name, shape in shapes.items()}
 
 
-def _tree_bytes(tree) -> int:
-  """Bytes of one device's shards of a tree of sharded shapes."""
-  return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
-             for x in jax.tree.leaves(tree) if not jax.dtypes.issubdtype(
-                 x.dtype, jax.dtypes.prng_key))
-
-
 def memory_analysis(config, split_update: bool | None = None) -> dict:
   """Compiles the train step for the largest bucket on shapes alone (random
   encoders of the configured architecture; nothing allocated, no weights
@@ -275,8 +268,8 @@ def memory_analysis(config, split_update: bool | None = None) -> dict:
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   out = {"mesh": dict(mesh.shape), "fsdp": bool(config.mesh.fsdp), "parameters": params,
          "batch": {k: v.shape for k, v in batch.items() if k in ("input_ids", "pair_labels")},
-         "compile_s": round(time.time() - t0, 1), "params_bytes": _tree_bytes(state.params),
-         "opt_state_bytes": _tree_bytes(state.opt_state)}
+         "compile_s": round(time.time() - t0, 1), "params_bytes": trainer_lib.device_bytes(state.params),
+         "opt_state_bytes": trainer_lib.device_bytes(state.opt_state)}
   if mem is not None:
     out.update(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
                alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,

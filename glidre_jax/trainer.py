@@ -157,11 +157,13 @@ class LoweredStep:
 
 
 def device_bytes(tree) -> int:
-  """Bytes one device holds of a tree of (abstract) arrays with shardings."""
+  """Bytes one device holds of a tree of (abstract) arrays with shardings
+  (PRNG keys left out)."""
   def one(x):
     shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
     return int(np.prod(shape)) * np.dtype(x.dtype).itemsize
-  return sum(one(x) for x in jax.tree.leaves(tree))
+  return sum(one(x) for x in jax.tree.leaves(tree)
+             if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
 
 
 # Label token fields: with a frozen label encoder, Trainer.place swaps them

@@ -80,9 +80,12 @@ def first_batch(config, docs, tok, schema) -> dict:
   return dataset[0]
 
 
+def make_model(config, text, label) -> GLiDREModel:
+  return GLiDREModel(run_dir.model_config(config), text, label, rngs=nnx.Rngs(config.seed))
+
+
 def make_trainer(config, tiny_encoders, **kw) -> trainer_lib.Trainer:
-  text, label = (nnx.clone(m) for m in tiny_encoders)
-  model = GLiDREModel(run_dir.model_config(config), text, label, rngs=nnx.Rngs(config.seed))
+  model = make_model(config, *(nnx.clone(m) for m in tiny_encoders))
   return trainer_lib.Trainer(model, config.train, **kw)
 
 
@@ -136,8 +139,7 @@ def test_first_step_updates_the_initial_parameters_in_place(tiny_encoders, short
   parameters."""
   config = case_config()
   # Encoders of its own (nnx.clone shares the fixture's arrays).
-  model = GLiDREModel(run_dir.model_config(config), *(
-      encoders.new_encoder(tiny_bert(), seed=s) for s in (0, 1)), rngs=nnx.Rngs(config.seed))
+  model = make_model(config, *(encoders.new_encoder(tiny_bert(), seed=s) for s in (0, 1)))
   trainer = trainer_lib.Trainer(model, config.train)
   originals = {x.unsafe_buffer_pointer() for x in jax.tree.leaves(nnx.state(model, nnx.Param))}
   del model

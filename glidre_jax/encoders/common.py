@@ -183,10 +183,10 @@ class Dropout(nnx.Dropout):
     if rngs is None:
       raise ValueError("Dropout is not deterministic but has no rngs")
     if isinstance(rngs, nnx.Rngs):
-      keep = keep_mask_from_seeds(stream_seeds(rngs[self.rng_collection]), x.shape, self.rate)
-    elif isinstance(rngs, nnx.RngStream):
+      rngs = rngs[self.rng_collection]
+    if isinstance(rngs, nnx.RngStream):
       keep = keep_mask_from_seeds(stream_seeds(rngs), x.shape, self.rate)
-    else:
+    else:  # a key
       keep = keep_mask(rngs, x.shape, self.rate)
     return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
 
