@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import collections
 import warnings
 
 import numpy as np
 import pytest
 
 from glidre_jax.data import batch as batch_lib
+from glidre_jax.data import batching
 from glidre_jax.data import pairs
 from glidre_jax.data.assets import asset_path
 from glidre_jax.data.documents import Document, Entity, Mention, Relation
-from glidre_jax.data.featurize import (Buckets, cdr_pair_filter, collate, featurize, label_batch,
-                                       size_sorted_batches, type_pair_filter)
+from glidre_jax.data.featurize import (Buckets, cdr_pair_filter, collate, feature_shape,
+                                       featurize, label_batch, type_pair_filter)
 from glidre_jax.data.readers import normalize_cdr, read_docred
 from glidre_jax.data.relations import RelationSchema
 
@@ -92,31 +94,44 @@ def test_buckets_pick_and_errors():
   assert fine.words == (64,) and fine.pick(257, 10, 1) == (320, 64, 16)
 
 
-def test_size_sorted_batches_put_the_partial_batch_on_the_smallest_documents():
-  sizes = [7, 3, 9, 1, 5, 8, 2, 6, 4, 10]
-  feats = [{"input_ids": np.zeros(n)} for n in sizes]
-  shape = lambda f: (len(f["input_ids"]),)
-  batches = size_sorted_batches(feats, 4, shape=shape)
-  assert [[sizes[i] for i in b] for b in batches] == [[1, 2], [3, 4, 5, 6], [7, 8, 9, 10]]
-  assert size_sorted_batches(feats, 5, shape=shape)[0] == [3, 6, 1, 8, 4]  # no partial batch
-  assert size_sorted_batches(feats, 4, [2, 0], shape=shape) == [[0, 2]]
-  assert size_sorted_batches(feats, 4, [], shape=shape) == []
+def test_bucket_batches_keep_buckets_apart_and_split_the_rest_in_powers_of_two():
+  # (bucket, size) per document: 7 in bucket 1, 3 in bucket 0, 8 in bucket 2.
+  docs = [(1, 10 + i) for i in range(7)] + [(0, 5 - i) for i in range(3)] + [(2, i) for i in range(8)]
+  batches = batching.bucket_batches(range(len(docs)), 4, lambda i: (docs[i][0],),
+                                    lambda i: (docs[i][1],))
+  assert [[docs[i] for i in b] for b in batches] == [
+      [(0, 3), (0, 4)], [(0, 5)],  # smallest bucket first; 3 = 2 + 1, sorted by size
+      [(1, 10), (1, 11), (1, 12), (1, 13)], [(1, 14), (1, 15)], [(1, 16)],  # 7 = 4 + 2 + 1
+      [(2, 0), (2, 1), (2, 2), (2, 3)], [(2, 4), (2, 5), (2, 6), (2, 7)]]
+  assert batching.bucket_batches([], 4, lambda i: (0,), lambda i: (0,)) == []
 
 
-def test_prediction_plan_pads_the_partial_batch_to_few_rows(tok, schema, dev_docs):
-  from glidre_jax.data import batching
-  assert [batching.batch_rows(n, 8) for n in range(1, 10)] == [1, 2, 4, 4, 8, 8, 8, 8, 8]
-  assert batching.batch_rows(5, 6) == 6
-  feats = [featurize(d, tok, _index(schema), 512) for d in dev_docs[:7]]
+def test_a_larger_prediction_batch_computes_no_more_slots_per_document(tok, schema, dev_docs):
+  """Every batch of the plan holds one bucket and no padding row, so the
+  padded subword, word and entity slots are those of batch 1, at any batch
+  size (a batch that straddled two buckets padded all to the larger)."""
+  feats = [featurize(d, tok, _index(schema), 512) for d in dev_docs[:23]]
   labels = label_batch(tok, schema.names)
-  plan = batching.plan_batches(feats, Buckets(), 4, 512)
-  batches = [(chunk, collate([feats[i] for i in chunk], labels)) for chunk, collate in plan]
-  assert [len(c) for c, _ in batches] == [3, 4]  # the partial batch first: smallest documents
-  assert [b["input_ids"].shape[0] for _, b in batches] == [4, 4]
-  assert sorted(i for c, _ in batches for i in c) == list(range(7))
-  (chunk, one), = [(c, collate([feats[i] for i in c], labels))
-                   for c, collate in batching.plan_batches(feats[:1], Buckets(), 8, 512)]
-  assert chunk == [0] and one["input_ids"].shape[0] == 1  # one document: one row, not 8
+  buckets = Buckets().for_prediction()
+
+  def slots(batch_size):
+    total = collections.Counter()
+    for chunk, collate_batch in batching.plan_batches(feats, buckets, batch_size, 512):
+      batch = collate_batch([feats[i] for i in chunk], labels)
+      assert batch["input_ids"].shape[0] == len(chunk)  # no padding rows
+      for key in ("input_ids", "word_mask", "entity_mask"):
+        total[key] += batch[key].size
+    return total
+
+  one = slots(1)
+  assert len({buckets.pick(*feature_shape(f))[0] for f in feats}) > 1  # several buckets
+  for batch_size in (2, 4, 8, 5):
+    assert slots(batch_size) == one
+  plan = batching.plan_batches(feats, buckets, 8, 512)
+  assert sorted(i for c, _ in plan for i in c) == list(range(23))
+  (chunk, one_doc), = [(c, collate_batch([feats[i] for i in c], labels))
+                       for c, collate_batch in batching.plan_batches(feats[:1], buckets, 8, 512)]
+  assert chunk == [0] and one_doc["input_ids"].shape[0] == 1  # one document: one row, not 8
 
 
 def test_collate_pads_to_bucket_shapes(tok, schema, dev_docs):
@@ -208,12 +223,11 @@ def test_prediction_batches_group_documents_by_bucket():
   """Sorted by subwords alone, documents of one sequence bucket but two word
   buckets alternate, and every batch pads to the larger word bucket; the
   plan sorts by bucket first."""
-  from glidre_jax.data.batching import plan_batches
   buckets = Buckets(seq_len=(256,), words=(128, 256), entities=(16,))
   # (subwords, words): subwords rise while words alternate across 128.
   sizes = [(200 + i, 100 if i % 2 else 200) for i in range(8)]
   feats = [{"input_ids": np.zeros(n), "word_index": np.zeros(w), "entity_mask": np.zeros(3),
             "title": f"d{i}"} for i, (n, w) in enumerate(sizes)]
-  plan = plan_batches(feats, buckets, 4, window=0)
+  plan = batching.plan_batches(feats, buckets, 4, window=0)
   words = [{buckets.pick(*sizes[i], 3)[1] for i in idx} for idx, _ in plan]
   assert words == [{128}, {256}]

@@ -55,6 +55,7 @@ class StepShape:
   label_tokens_real: int  # real subwords of the label names (the rest is padding)
   long_labels: int = 0  # G names longer than T, encoded again whole (data/label_split.py)...
   long_label_len: int = 0  # ...at this width U
+  shards: int = 1  # S pair shards of B/S documents each (the LOP context spans a shard)
 
 
 def head_flops_per_pair(d: int, words: int, labels: int, lop: bool) -> float:
@@ -102,6 +103,9 @@ def step_flops(model, shape: StepShape, *, train: bool, label_encoder_in_step: b
            "labels_head": mult * prompt, "entities": mult * s.entities * per_entity,
            "pairs_real": mult * s.pairs_real * per_pair,
            "pairs_padding": mult * (s.pairs_executed - s.pairs_real) * per_pair}
+  if cfg.lop:  # the context matmul spans all B/S documents of a pair's shard
+    # (model/glidre.lop_context): 2·W·D a pair for each document beyond its own.
+    parts["lop_spread"] = mult * s.pairs_executed * 2 * (s.docs // s.shards - 1) * s.words * d
   real = (mult * text_real + label_mult * label_real + parts["labels_head"] + parts["entities"]
           + parts["pairs_real"])
   return {**parts, "per_pair": per_pair, "real": real, "executed": sum(
@@ -132,7 +136,8 @@ def batch_shape(batch: dict, pairs: tuple[int, int] | None = None) -> StepShape:
                    pairs_executed=executed, labels=np.asarray(batch["label_input_ids"]).shape[0],
                    label_len=np.asarray(batch["label_input_ids"]).shape[1],
                    label_tokens_real=label_real, long_labels=long_ids.shape[0],
-                   long_label_len=long_ids.shape[1])
+                   long_label_len=long_ids.shape[1],
+                   shards=np.asarray(batch["pair_mask"]).shape[0])
 
 
 def gemm_flops_per_s(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:

@@ -10,7 +10,10 @@ same; the predictions are not meaningful). Labels: the 96 Re-DocRED relation
 names. For each batch size, one untimed pass compiles every bucket shape the
 documents reach; then `predict` is timed over all documents with the label
 cache (the label encoder runs once) and without it (the label encoder runs
-for every batch, as the reference does). Writes predict_api.{json,csv}.
+for every batch, as the reference does), with the analytic FLOPs of the
+batches `predict` runs (`bench.flops`: real subwords and pairs against the
+padded ones executed), the machine's measured fp32 GEMM rate and the
+utilisation (MFU) of the cached pass. Writes predict_api.{json,csv}.
 """
 from __future__ import annotations
 
@@ -22,15 +25,18 @@ import time
 from glidre_jax import allocator, run_dir, shipped
 from glidre_jax.data import registry
 from glidre_jax.api import GLiDREPredictor
-from glidre_jax.bench import common
-from glidre_jax.data import assets
+from glidre_jax.bench import common, flops
+from glidre_jax.data import assets, batching, inputs
 from glidre_jax.train import peak_rss_mb
 
 COLUMNS = [("B", "batch_size", "d"), ("docs", "docs", "d"),
            ("doc/s cached", "docs_per_s_cached", ".2f"),
            ("doc/s uncached", "docs_per_s_uncached", ".2f"),
            ("label encoder calls (uncached)", "label_encoder_calls_uncached", "d"),
-           ("compilations", "predict_compilations", "d"), ("peak RSS MB", "peak_rss_mb", ".0f")]
+           ("compilations", "predict_compilations", "d"),
+           ("GFLOP real / doc", "gflop_real_per_doc", ".2f"),
+           ("executed / real", "executed_over_real", ".3f"), ("MFU real", "mfu_real", ".2f"),
+           ("MFU exec", "mfu_executed", ".2f"), ("peak RSS MB", "peak_rss_mb", ".0f")]
 
 
 def load_model(checkpoint: str | None) -> GLiDREPredictor:
@@ -47,6 +53,22 @@ def timed_predict(model: GLiDREPredictor, docs, labels, batch_size: int, cache: 
   return time.perf_counter() - start
 
 
+def planned_work(model: GLiDREPredictor, docs, labels, batch_size: int) -> dict:
+  """Real and executed FLOPs of the batches `predict` runs on `docs` (the
+  same featurization and batch plan, label vectors cached) and their count."""
+  feats = model.featurize(inputs.to_documents(docs))
+  label_batch, _ = model.label_vectors(labels)
+  module = model.predictor.model(model.params, model.rest)
+  plan = batching.plan_batches(feats, model.buckets, batch_size, model.max_length)
+  work = {"real": 0.0, "executed": 0.0, "batches": len(plan)}
+  for chunk, collate in plan:
+    shape = flops.batch_shape(collate([feats[i] for i in chunk], label_batch))
+    step = flops.step_flops(module, shape, train=False, label_encoder_in_step=False,
+                            label_encoder_trained=False, label_vectors_given=True)
+    work.update(real=work["real"] + step["real"], executed=work["executed"] + step["executed"])
+  return work
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--checkpoint", default=None, help="a glidre_jax.train run directory")
@@ -60,22 +82,30 @@ def main(argv=None):
   raw = json.loads(assets.asset_path("redocred", "dev_revised.json").read_text())
   docs = raw[:64 if args.quick else args.docs]
   labels = list(registry.load_schema(shipped.config_module("default").get_config()).names)
+  peak = flops.gemm_flops_per_s()
+  print(f"fp32 GEMM probe (2048³): {peak / 1e9:.1f} GFLOP/s", flush=True)
   rows = []
   for batch_size in common.parse_ints(args.batch_sizes):
     model.predict(docs, labels, batch_size=batch_size)  # compiles every shape reached
     cached = timed_predict(model, docs, labels, batch_size, cache=True)
     calls = model.label_encoder_calls
     uncached = timed_predict(model, docs, labels, batch_size, cache=False)
-    rows.append({"batch_size": batch_size, "docs": len(docs),
+    calls = model.label_encoder_calls - calls
+    work = planned_work(model, docs, labels, batch_size)
+    use = flops.utilisation(work, cached, peak)
+    rows.append({"batch_size": batch_size, "docs": len(docs), "batches": work["batches"],
+                 "gflop_real_per_doc": use["gflop_real"] / len(docs),
+                 "executed_over_real": work["executed"] / work["real"],
+                 **{k: use[k] for k in ("mfu_real", "mfu_executed", "floor_s")},
                  "docs_per_s_cached": len(docs) / cached,
                  "docs_per_s_uncached": len(docs) / uncached,
-                 "label_encoder_calls_uncached": model.label_encoder_calls - calls,
+                 "label_encoder_calls_uncached": calls,
                  "predict_compilations": model.predictor.num_traces,
                  "peak_rss_mb": peak_rss_mb()})  # of the process so far (only grows)
     print(common.format_table(rows[-1:], COLUMNS), flush=True)
   out = pathlib.Path(args.out)
   common.write_results(out, "predict_api", rows, checkpoint=args.checkpoint,
-                       num_labels=len(labels))
+                       num_labels=len(labels), gemm_flops_per_s=peak)
   print(common.format_table(rows, COLUMNS))
   print(f"wrote {out}/predict_api.{{json,csv}}")
 

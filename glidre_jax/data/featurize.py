@@ -223,20 +223,6 @@ def feature_shape(feat: Mapping) -> tuple[int, int, int]:
   return (len(feat["input_ids"]), len(feat["word_index"]), len(feat["entity_mask"]))
 
 
-def size_sorted_batches(features: Sequence[Mapping], batch_size: int,
-                        indices: Sequence[int] | None = None,
-                        shape: Callable[[Mapping], tuple] = feature_shape) -> list[list[int]]:
-  """Indices of `features` in batches of similar shape: few buckets, little
-  padding. The one partial batch holds the smallest documents: its padding
-  rows then run at the smallest shape, not the largest."""
-  indices = range(len(features)) if indices is None else indices
-  order = sorted(indices, key=lambda i: shape(features[i]))
-  if not order:
-    return []
-  first = len(order) % batch_size or batch_size  # the partial batch, if any
-  return [order[:first]] + [order[s:s + batch_size] for s in range(first, len(order), batch_size)]
-
-
 def collate(features: Sequence[Mapping | None], buckets: Buckets,
             label_batch: Mapping[str, np.ndarray], batch_size: int | None = None, *,
             need: tuple[int, int, int, int] | None = None,

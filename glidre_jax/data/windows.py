@@ -104,6 +104,15 @@ def as_windowed(feat: Mapping) -> dict:
           "window_word_mask": np.asarray(feat["word_mask"], np.int32)[None]}
 
 
+def window_bucket(need: Sequence[int], buckets: featurize_lib.Buckets) -> tuple[int, int, int]:
+  """(N, W, E) that windowed features of (windows, words, entities) `need`
+  pad to: N rounded up to a power of two, W and E their (grown) buckets."""
+  need_n, need_w, need_e = (int(x) for x in need)
+  # Any seq_len fits: windows have their own fixed length.
+  _, w, e = buckets.grown(words=need_w, entities=need_e).pick(1, need_w, need_e)
+  return 1 << (need_n - 1).bit_length(), w, e
+
+
 def collate_windows(features: Sequence[Mapping | None], buckets: featurize_lib.Buckets,
                     label_batch: Mapping[str, np.ndarray], batch_size: int, window: int, *,
                     need: tuple[int, int, int, int] | None = None,
@@ -119,11 +128,8 @@ def collate_windows(features: Sequence[Mapping | None], buckets: featurize_lib.B
     need = tuple(np.asarray([window_shape(f) for f in features if f is not None]).max(axis=0))
     need += (pairs_lib.shard_need([0 if f is None else pairs_lib.num_pairs(f) for f in features],
                                   batch_size, pair_shards),)
-  need_n, need_w, need_e, need_p = need
-  n = 1 << int(need_n - 1).bit_length()
-  # Any seq_len fits: windows have their own fixed length.
-  _, w, e = buckets.grown(words=int(need_w), entities=int(need_e)).pick(
-      1, int(need_w), int(need_e))
+  n, w, e = window_bucket(need[:3], buckets)
+  need_p = need[3]
   k = int(np.shape(label_batch["label_mask"])[0])
   b = batch_size
   out = batch_lib.zeros(dict(B=b, N=n, L=window, W=w, E=e, K=k, S=pair_shards,
