@@ -217,8 +217,8 @@ class GLiDREPredictor:
                cache_labels: bool, progress: Callable | None
                ) -> Iterator[tuple[list[int], dict, np.ndarray]]:
     """(document indices, padded batch, probabilities [B, E, E, K]) per batch,
-    documents grouped by size (few bucket shapes, little padding); windowed
-    documents batch apart from the others."""
+    each of one bucket (`inference.predict_batches`); windowed documents
+    batch apart from the others."""
     label_batch = self._label_batch(decoding.check_labels(labels))
     predict = lambda batch: self.predictor.predict_step(
         self.params, self.rest, batch, self.label_vectors(labels, cache=cache_labels)[1])

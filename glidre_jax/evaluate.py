@@ -38,9 +38,9 @@ def score_documents(predict: Callable[[dict], np.ndarray], features: Sequence[di
                     window: int = 512) -> Candidates:
   """Runs `predict` (padded batch -> probabilities [B, E, E, K]) over documents.
 
-  Documents are grouped by size so that few bucket shapes are compiled and
-  little padding is computed (windowed features, see `data.windows`, batch
-  apart in windows of `window` subwords); results keyed by original index.
+  Each batch holds documents of one bucket (`data/batching.plan_batches`;
+  windowed features, see `data.windows`, batch apart in windows of `window`
+  subwords); results keyed by original index.
   """
   num_labels = int(np.sum(label_batch["label_mask"]))
   rows = []

@@ -25,9 +25,10 @@ def predict_batches(predict: Callable[[dict], np.ndarray], features: Sequence[di
                     ) -> Iterator[tuple[list[int], dict, np.ndarray]]:
   """(document indices, padded batch, probabilities [B, E, E, K]) per batch.
 
-  `predict`: padded batch -> probabilities. Documents are grouped by size
-  (few bucket shapes, little padding); windowed documents (windows of
-  `window` subwords) batch apart from the others.
+  `predict`: padded batch -> probabilities. Each batch holds documents of
+  one bucket (`data/batching.plan_batches`: no more padding per document
+  than at batch 1); windowed documents (windows of `window` subwords) batch
+  apart from the others.
   """
   chunks = batching.plan_batches(features, buckets, batch_size, window)
   for chunk, collate in (progress(chunks) if progress else chunks):
