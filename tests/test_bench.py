@@ -56,15 +56,16 @@ def test_throughput_cli_measures_one_shape(tmp_path):
   assert 100 < row["train_peak_rss_mb"] <= row["peak_rss_mb"]
 
 
-def test_throughput_pads_each_train_batch_to_its_own_pair_bucket(tmp_path):
-  # As the training pipeline: a compilation per pair bucket reached, fewer
-  # padded pairs than with every batch at the largest bucket.
+def test_throughput_pads_each_batch_to_its_own_pair_bucket(tmp_path):
+  # As the training and prediction pipelines: a compilation per pair bucket
+  # reached, fewer padded pairs than with every batch at the largest bucket.
   buckets = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
   rows = {}
   for mode in ("own", "largest"):
     out = tmp_path / mode
-    throughput.main(["--batch_sizes", "1", "--steps", "6", "--mode", "train", "--gemm_n", "256",
-                     "--pairs", mode, "--out", str(out), "--set", f"data.tfds_dir={tmp_path / 'tfds'}",
+    throughput.main(["--batch_sizes", "1", "--steps", "6", "--infer_docs", "6", "--passes", "1",
+                     "--gemm_n", "256", "--pairs", mode, "--out", str(out),
+                     "--set", f"data.tfds_dir={tmp_path / 'tfds'}",
                      *SMALL, *tiny_encoders(tmp_path), "--set", f"data.pair_buckets={buckets}"])
     (rows[mode],) = json.loads((out / "throughput.json").read_text())["rows"]
   own, largest = rows["own"], rows["largest"]
@@ -73,6 +74,11 @@ def test_throughput_pads_each_train_batch_to_its_own_pair_bucket(tmp_path):
   assert own["train_compilations"] == len(own["train_pair_buckets"])
   assert largest["train_pair_buckets"] == [max(own["train_pair_buckets"])]
   assert own["train_pairs_real"] <= own["train_pairs_executed"] < largest["train_pairs_executed"]
+  # Inference: the same 6 documents, less work executed at their own buckets,
+  # every shape compiled before the timed pass.
+  assert own["infer_gflop_real"] == pytest.approx(largest["infer_gflop_real"])
+  assert own["infer_gflop_executed"] < largest["infer_gflop_executed"]
+  assert own["predict_compilations"] > 1 == largest["predict_compilations"]
 
 
 def test_same_work_preset_sets_the_official_work():
