@@ -93,6 +93,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       # The label set is fixed when fine-tuning: a frozen label encoder saves
       # its backward pass (the paper trains it; configs/redocred.py does).
       freeze_label_encoder=True,
+      # XLA:CPU keeps every compiled kernel resident, and each batch shape
+      # compiles the step again. True: the encoders' forward and backward
+      # compile once per (subwords, words) shape, the pair scoring per pair
+      # bucket: less memory and compile time with many shapes, a slower
+      # step (trainer.Trainer._staged_grads). Ignored off XLA:CPU.
+      stage_encoders=False,
       loss="focal",  # "focal" | "bce" | "adaptive_threshold"
       focal_alpha=0.8,
       focal_gamma=3.0,

@@ -24,6 +24,7 @@ from glidre_jax import encoders, run_dir, trainer as trainer_lib
 from glidre_jax.data import batch as batch_lib, pairs, registry
 from glidre_jax.data import pipeline
 from glidre_jax.model.glidre import GLiDREModel
+import tiny_training
 from tiny_model import tiny_bert
 
 # A covering set, not the product: every option in at least one case (the
@@ -154,13 +155,15 @@ def test_first_step_updates_the_initial_parameters_in_place(tiny_encoders, short
   assert after == before, f"{sum(a != b for a, b in zip(after, before))} of {len(after)} moved"
 
 
+@pytest.mark.parametrize("train_label_encoder", [False, True])
 def test_only_the_gradient_step_compiles_per_batch_shape(tiny_encoders, short_docs, tok,
-                                                         schema):
-  """Batches of two pair buckets: the gradients compile twice, the optimizer
-  update (AdamW over every parameter array, ~6 XLA:CPU kernels each, whose
-  code an executable keeps) once; the one-executable step (accelerators)
-  takes the same steps."""
-  config = case_config()
+                                                         schema, train_label_encoder):
+  """Batches of two pair buckets: the gradients compile twice and the
+  optimizer update (AdamW over every parameter array, ~6 XLA:CPU kernels
+  each, whose code an executable keeps) once; staged, only the pair
+  scoring compiles twice, the encoders' forward and backward once; the
+  one-executable step (accelerators) takes the same steps."""
+  config = case_config(train_label_encoder=train_label_encoder)
   batch = first_batch(config, short_docs, tok, schema)
   wider = dict(batch)  # the same documents in a larger pair bucket: padding pairs
   extra = 64
@@ -169,21 +172,30 @@ def test_only_the_gradient_step_compiles_per_batch_shape(tiny_encoders, short_do
     pad[1] = (0, extra)
     wider[name] = np.pad(batch[name], pad)
   results = {}
-  for split in (True, False):  # two executables (XLA:CPU's default), or one
-    trainer = make_trainer(config, tiny_encoders, split_update=split)
+  # Two executables (XLA:CPU's default), three parts of the gradients and the
+  # update (train.stage_encoders), or one executable.
+  for split, staged in ((True, False), (True, True), (False, False)):
+    trainer = make_trainer(config, tiny_encoders, split_update=split, stage_encoders=staged)
     state = trainer.initial_state
     for b in (batch, wider, batch):
       state = trainer.train_step(state, trainer.place(b))
     metrics, state = trainer.fetch_metrics(state)
     assert trainer.num_traces == 2
+    assert trainer.encoder_traces == (1 if staged else 0)
     assert (trainer._update_jit if split else trainer._step_jit)._cache_size() == (
         1 if split else 2)
+    if staged:  # the encoders' parts once, the pair scoring per pair bucket
+      assert trainer._encode_jit._cache_size() == trainer._encoder_grads_jit._cache_size() == 1
+      assert trainer._score_jit._cache_size() == 2
     assert np.isfinite(metrics["loss"]) and int(state.step) == 3
-    results[split] = metrics, flat(state.params)
-  (m_split, p_split), (m_one, p_one) = results[True], results[False]
-  assert m_split["loss"] == pytest.approx(m_one["loss"], rel=1e-5)
-  for k in p_split:
-    np.testing.assert_allclose(p_split[k], p_one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    results[split, staged] = metrics, flat(state.params)
+  m_one, p_one = results[False, False]
+  for mode in ((True, False), (True, True)):
+    m, p = results[mode]
+    assert m["loss"] == pytest.approx(m_one["loss"], rel=1e-5), mode
+    for k in p:
+      if not tiny_training.rounding_noise(k):
+        np.testing.assert_allclose(p[k], p_one[k], rtol=1e-5, atol=1e-6, err_msg=f"{mode} {k}")
 
 
 def overfit(loss, tiny_encoders, docs, tok, schema, steps=10):

@@ -18,6 +18,15 @@ from glidre_jax.model.config import GLiDREConfig
 from glidre_jax.model.glidre import build_glidre
 
 NUM_LABELS = 12
+
+
+def rounding_noise(name: str) -> bool:
+  """Parameters whose updates two orders of the same sums may not share: an
+  attention key bias has a zero gradient in exact arithmetic (the softmax
+  over keys ignores a shift shared by all keys), and Adam's normalised step
+  follows the rounding noise of that zero (the split train step
+  differentiates the encoders apart from the pair scoring)."""
+  return name.endswith("['key']['bias']")
 BUCKETS = featurize_lib.Buckets((128,), (128,), (48,))
 
 

@@ -24,7 +24,8 @@ each batch size B (ascending) it reports
   real pair, padded pairs), the machine's measured fp32 GEMM rate, and the
   utilisation (MFU) against the real work (the FLOP floor) and against the
   work executed;
-- the process's peak RSS after training and after inference (ru_maxrss only
+- the process's peak RSS after training (before XLA's memory analysis, which
+  may compile a step of its own) and after inference (ru_maxrss only
   grows: `--mode predict` measures inference alone), and the 1-minute load
   average (other processes on the machine inflate the times).
 `--same_work` reproduces the official code's work (head width 768, label
@@ -142,7 +143,7 @@ def measure_train(trainer, state, batches: list[dict], model, peak: float
     seconds, state = common.timed(functools.partial(trainer.train_step, state, batch))
     times.append(seconds)
   compilations = trainer.num_traces - traces
-  # After the calls above, lowering hits jit's cache: no further compilation.
+  rss = peak_rss_mb()  # before the analysis below, which may compile a step of its own
   largest = placed[int(np.argmax([b["pair_mask"].size for b in placed]))]
   mem = common.xla_memory(trainer.lower(state, largest).compile())
   step = float(np.median(times))
@@ -161,7 +162,8 @@ def measure_train(trainer, state, batches: list[dict], model, peak: float
           "train_pair_buckets": sorted(firsts), "train_step_min_s": min(times),
           "train_step_max_s": max(times), "train_docs_per_s": b / step,
           "train_first_call_s": first, "train_compile_s": first - step,
-          "train_compilations": compilations, "xla_train_mib": mib}, state
+          "train_compilations": compilations, "xla_train_mib": mib,
+          "train_peak_rss_mb": rss}, state
 
 
 def encoder_forward(graphdef):
@@ -282,7 +284,7 @@ def main(argv=None):
     if args.mode != "predict":
       train_row, state = measure_train(trainer, state, train_batches(
           feats, b, steps, data, labels, own_pairs=args.pairs == "own"), model, peak)
-      row.update(train_row, train_peak_rss_mb=peak_rss_mb())
+      row.update(train_row)
       print(f"B={b}: train step {row['train_step_s']:.3f} s (median of {steps}), MFU "
             f"{row['train_mfu_real']:.2f} of the real work", flush=True)
     if args.mode != "train":

@@ -49,6 +49,8 @@ LABEL_TOKEN_FIELDS = tuple(name for name in LABEL_FIELDS if name != "label_mask"
 # Long documents in windows (data/windows.py): input_ids, attention_mask and
 # word_index gain a window axis N, and this field says which words each holds.
 WINDOW_FIELDS = ("window_word_mask",)
+# What the text encoder reads (GLiDREModel.encode_words): no entity or pair field.
+TEXT_FIELDS = ("input_ids", "attention_mask", "word_index", "word_mask") + WINDOW_FIELDS
 
 # The axes of each field, one letter a dimension (as in the table above);
 # windowed batches (data/windows.py) put a window axis N after B.

@@ -267,6 +267,10 @@ class GLiDREModel(nnx.Module):
   the block, not the pair count.
   """
 
+  # The submodules whose parameters `encode_words` and `encode_labels` use;
+  # `score` uses the others.
+  ENCODER_PARTS = ("token_rep_layer", "prompt_rep_layer")
+
   def __init__(self, cfg: GLiDREConfig, text_encoder: nnx.Module,
                label_encoder: nnx.Module, *, dtype=jnp.float32,
                rngs: nnx.Rngs | None = None):
@@ -304,11 +308,15 @@ class GLiDREModel(nnx.Module):
     labels = self.token_rep_layer.project_labels(pooled)
     return self.prompt_rep_layer(labels).astype(jnp.float32)
 
-  def entity_context(self, batch: dict) -> EntityContext:
-    words, word_att = self.token_rep_layer.encode_text(
+  def encode_words(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Word vectors [B, W, D] and word attention [B, W, W] of a batch's documents."""
+    return self.token_rep_layer.encode_text(
         batch["input_ids"], batch["attention_mask"], batch["word_index"], batch["word_mask"],
         batch.get("window_word_mask"))
-    return self.span_rep_layer.entity_context(words, word_att, batch["entity_word_weights"])
+
+  def entity_context(self, batch: dict) -> EntityContext:
+    return self.span_rep_layer.entity_context(*self.encode_words(batch),
+                                              batch["entity_word_weights"])
 
   def score_pairs(self, ctx: EntityContext, docs: jax.Array, heads: jax.Array,
                   tails: jax.Array, labels: jax.Array, dropout_key: jax.Array | None = None,
@@ -341,9 +349,16 @@ class GLiDREModel(nnx.Module):
     pairs (`dense` gives the [B, E, E, ...] view)."""
     if label_vectors is None:
       label_vectors = self.encode_labels(batch)
+    return self.score(batch, *self.encode_words(batch), label_vectors)
+
+  def score(self, batch: dict, words: jax.Array, word_att: jax.Array,
+            label_vectors: jax.Array) -> GLiDREOutput:
+    """The pair scoring of `__call__` from the encoders' outputs (`encode_words`,
+    `encode_labels`): what depends on the pair bucket and not on the encoders."""
     label_mask = batch.get("label_mask")
     num_shards, num_pairs = batch["pair_mask"].shape
-    ctx = self.entity_context(batch).by_shard(num_shards)
+    ctx = self.span_rep_layer.entity_context(
+        words, word_att, batch["entity_word_weights"]).by_shard(num_shards)
     pairs = (batch["pair_doc"], batch["pair_head"], batch["pair_tail"])
     key = None
     if not self.pair_dropout.deterministic and self.pair_dropout.rate > 0:
