@@ -62,7 +62,7 @@ def run_config():
   return ml_collections.ConfigDict(dict(
       steps=10, grad_accum=1, lr_encoder=1e-3, lr_head=1e-3, weight_decay=0.01,
       warmup_fraction=0.1, clip_norm=10.0, loss="focal", focal_alpha=0.8, focal_gamma=3.0,
-      freeze_label_encoder=False))
+      freeze_label_encoder=False, stage_encoders=False))
 
 
 def param_delta(params_a, params_b) -> float:
