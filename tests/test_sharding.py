@@ -47,6 +47,10 @@ def test_train_step_on_2x2_mesh_matches_one_device():
   # (float reassociation of the sharded reductions only: 1e-5).
   assert abs(result["loss_1"] - result["loss_fsdp"]) <= 1e-5 * max(1.0, abs(result["loss_1"]))
   assert result["fsdp_param_delta"] <= 1e-5
+  # The staged gradients (train.stage_encoders) on the 2x2 mesh and with FSDP.
+  for name in ("staged", "fsdp_staged"):
+    assert abs(result["loss_1"] - result[f"loss_{name}"]) <= 1e-5 * max(1.0, abs(result["loss_1"]))
+    assert result[f"{name}_param_delta"] <= 1e-5
   # span_rep_layer.projection.dense_in.kernel [48, 96]: its 96 split in 4.
   assert result["fsdp_kernel_spec"] == "P(None, 'data')"
   assert result["fsdp_kernel_shard_shape"] == [48, 24]

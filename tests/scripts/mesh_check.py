@@ -46,8 +46,9 @@ def make_batch(b=4, l=16, w=8, e=4, k=5, t=4, shards=2):
               np.ones((k,), np.int32))}
 
 
-def run(mesh, fsdp=False):
+def run(mesh, fsdp=False, staged=False):
   cfg = run_config()
+  cfg.stage_encoders = staged
   # fsdp_min_size=0: the tiny model's arrays are all below the default size.
   trainer = trainer_lib.Trainer(make_model(), cfg, mesh, fsdp=fsdp, fsdp_min_size=0)
   state = trainer.initial_state
@@ -92,6 +93,10 @@ def main():
   loss_4, params_4, trainer, state = run(mesh)
   loss_fsdp, params_fsdp, fsdp_trainer, fsdp_state = run(sharding.make_mesh(4, 1), fsdp=True)
   kernel = fsdp_state.params["span_rep_layer"]["projection"]["dense_in"]["kernel"]
+  # train.stage_encoders: the encoders' VJP across executables, on both meshes.
+  loss_staged, params_staged, _, _ = run(mesh, staged=True)
+  loss_fsdp_staged, params_fsdp_staged, _, _ = run(sharding.make_mesh(4, 1), fsdp=True,
+                                                   staged=True)
 
   # The pair logits of the sharded model: split over 'data' and 'model'.
   model = trainer.predictor.model(state.params, state.rest)
@@ -110,6 +115,10 @@ def main():
   print(json.dumps({"loss_1": loss_1, "loss_4": loss_4,
                     "param_delta": param_delta(params_1, params_4),
                     "loss_fsdp": loss_fsdp, "fsdp_param_delta": param_delta(params_1, params_fsdp),
+                    "loss_staged": loss_staged,
+                    "staged_param_delta": param_delta(params_1, params_staged),
+                    "loss_fsdp_staged": loss_fsdp_staged,
+                    "fsdp_staged_param_delta": param_delta(params_1, params_fsdp_staged),
                     "fsdp_kernel_spec": str(kernel.sharding.spec),
                     "fsdp_kernel_shard_shape": list(kernel.addressable_shards[0].data.shape),
                     "fsdp_memory": {n: fsdp_memory(n) for n in (1, 4)},
