@@ -1,5 +1,6 @@
-"""Optimizer, train state and the jitted train step (on XLA:CPU: gradients per
-batch shape, the optimizer update compiled once; inference: glidre_jax.inference)."""
+"""Train state and the jitted train step (on XLA:CPU: gradients per batch
+shape, the optimizer update compiled once; the optimizer: glidre_jax.optimizer;
+inference: glidre_jax.inference)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,70 +17,7 @@ from glidre_jax import inference, losses, sharding
 from glidre_jax.data import batch as batch_lib
 from glidre_jax.data import pipeline
 from glidre_jax.model import glidre
-from glidre_jax.model import params as model_params
-
-# The official optimizer groups (glidre/training_utils.py:create_optimizer):
-# every parameter under `token_rep_layer` (both encoders and their
-# projections) at lr_encoder, everything else at lr_head; no weight decay on
-# biases and LayerNorm parameters. Our parameter paths mirror the official
-# state-dict keys, so the same names decide.
-ENCODER_SCOPE, LABEL_ENCODER = model_params.ENCODER_SCOPE, model_params.LABEL_ENCODER_PATH[1]
-# nnx.LayerNorm's parameters are `scale` and `bias`; no other module of the
-# model has a `scale` (tests/test_optimizer.py checks it).
-NO_DECAY_LEAVES = ("bias", "scale")
-
-
-def _names(path) -> list[str]:
-  return [str(getattr(p, "key", p)) for p in path]
-
-
-def param_groups(params, freeze_label_encoder: bool) -> Any:
-  """'encoder' for `token_rep_layer.*`, 'head' for everything else, and
-  'frozen' for the label encoder's own weights when it is not trained."""
-  def group(path, _):
-    names = _names(path)
-    if freeze_label_encoder and LABEL_ENCODER in names:
-      return "frozen"
-    return "encoder" if ENCODER_SCOPE in names else "head"
-  return jax.tree_util.tree_map_with_path(group, params)
-
-
-def decay_mask(params) -> Any:
-  """True where AdamW applies weight decay (not biases, not LayerNorm)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: _names(path)[-1] not in NO_DECAY_LEAVES, params)
-
-
-def learning_rate_schedules(train_cfg) -> dict[str, optax.Schedule]:
-  """Per-group learning rate against the optimizer-update count: linear
-  warm-up from 0 over warmup_fraction of train.steps, then cosine to 0 at
-  train.steps (transformers' get_cosine_schedule_with_warmup, as official)."""
-  steps = train_cfg.steps
-  warmup = max(int(train_cfg.warmup_fraction * steps), 1)
-  return {name: optax.warmup_cosine_decay_schedule(
-      0.0, peak, warmup_steps=warmup, decay_steps=max(steps, warmup + 1))
-          for name, peak in (("encoder", train_cfg.lr_encoder), ("head", train_cfg.lr_head))}
-
-
-def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
-  """AdamW (official groups, see above), clipping, accumulation.
-
-  `train.steps` counts optimizer updates: with grad_accum = k, one update
-  consumes k micro-batches (optax.MultiSteps averages their gradients;
-  clipping and AdamW act on the average, as the official loop does).
-  """
-  tx = optax.chain(
-      optax.clip_by_global_norm(train_cfg.clip_norm),
-      optax.multi_transform(
-          # mask is a callable: it sees each group's own subtree.
-          {name: optax.adamw(schedule, weight_decay=train_cfg.weight_decay, mask=decay_mask)
-           for name, schedule in learning_rate_schedules(train_cfg).items()}
-          | {"frozen": optax.set_to_zero()},
-          param_groups(params, train_cfg.freeze_label_encoder)))
-  if train_cfg.grad_accum > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=train_cfg.grad_accum)
-  return tx
-
+from glidre_jax.optimizer import make_optimizer
 
 @dataclasses.dataclass
 class TrainState:

@@ -13,7 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
-from glidre_jax import trainer
+from glidre_jax import optimizer
 from test_configs import VARIANTS
 
 GRAD = 1e-3  # constant gradient: Adam's step is then lr × g / (|g| + eps) ≈ lr
@@ -41,7 +41,7 @@ def run_optimizer(train_cfg):
   """Runs steps × grad_accum micro-steps of a constant gradient; per
   micro-step, the update of every parameter (scanned: 200 000 steps in ~s)."""
   params = toy_params()
-  tx = trainer.make_optimizer(train_cfg, params)
+  tx = optimizer.make_optimizer(train_cfg, params)
   grads = jax.tree.map(lambda p: jnp.full_like(p, GRAD), params)
 
   def micro(carry, _):
@@ -115,8 +115,8 @@ def test_paper_configs_count_optimizer_updates_of_16_documents():
 
 def _groups_of(model, freeze: bool) -> dict[str, str]:
   params = nnx.as_pure(nnx.state(model, nnx.Param))
-  groups = trainer.param_groups(params, freeze)
-  decay = trainer.decay_mask(params)
+  groups = optimizer.param_groups(params, freeze)
+  decay = optimizer.decay_mask(params)
   flat = lambda tree: {".".join(str(getattr(k, "key", k)) for k in path): v
                        for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   return flat(groups), flat(decay)
