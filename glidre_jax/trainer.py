@@ -19,6 +19,7 @@ from glidre_jax.data import pipeline
 from glidre_jax.model import glidre
 from glidre_jax.optimizer import make_optimizer
 
+
 @dataclasses.dataclass
 class TrainState:
   step: jax.Array  # micro-steps taken (optimizer updates × grad_accum)
@@ -36,6 +37,11 @@ jax.tree_util.register_dataclass(
 def empty_metrics() -> dict:
   return {"loss_sum": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32),
           "grad_norm_sum": jnp.zeros((), jnp.float32)}
+
+
+def _rng_state(model: nnx.Module):
+  """The model's state other than parameters (dropout rng streams), as arrays."""
+  return nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
 
 
 def split_encoder_params(params) -> tuple[Any, Any]:
@@ -182,8 +188,8 @@ class Trainer:
     self._label_cache: dict = {}  # label-set key -> pooled states [K, d_label]
     self._last_params = None  # the parameters the last step returned
     self.predictor = inference.Predictor(self.eval_graphdef, self.mesh)
-    self.num_traces = 0  # how often the train step was traced (compiles)
-    self.encoder_traces = 0  # of those, how often the split step's encoder parts were
+    self.num_traces = 0  # how often the train step (staged: its pair scoring) was traced
+    self.encoder_traces = 0  # traces of the staged step's encoder parts (stage_encoders)
     self.label_encodes = 0  # label sets run through the label encoder (frozen)
 
   def _new_state(self, params, rest) -> TrainState:
@@ -217,8 +223,8 @@ class Trainer:
       if not self.split_update:
         state = self._step_jit(state, batch, labels)
       else:  # dispatched one after the other, no host sync between
-        grads = self._staged_grads if self.stage_encoders else self._grads_jit
-        loss, rest, grads = grads(state.params, state.rest, batch, labels)
+        gradients = self._staged_grads if self.stage_encoders else self._grads_jit
+        loss, rest, grads = gradients(state.params, state.rest, batch, labels)
         state = self._update_jit(state, loss, rest, grads)
     self._last_params = state.params
     return state
@@ -278,11 +284,13 @@ class Trainer:
 
   def _loss(self, params, rest, batch, label_states):
     model = self._model(params, rest)
-    cfg = self.train_cfg
     output = model(batch, self._label_vectors(model, batch, label_states))
-    loss = losses.relation_loss(output, batch, cfg.loss, alpha=cfg.focal_alpha,
+    return self._relation_loss(output, batch), _rng_state(model)
+
+  def _relation_loss(self, output, batch):
+    cfg = self.train_cfg
+    return losses.relation_loss(output, batch, cfg.loss, alpha=cfg.focal_alpha,
                                 gamma=cfg.focal_gamma)
-    return loss, nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
 
   def _grads(self, params, rest, batch, label_states):
     """(loss, updated rest, gradients) of a micro-batch: per batch shape."""
@@ -330,8 +338,7 @@ class Trainer:
     def forward(params):
       model = self._model(nnx.merge_state(params, head_params), rest)
       label_vectors = self._label_vectors(model, text, label_states)  # as `_loss` orders them
-      outputs = (*model.encode_words(text), label_vectors)
-      return outputs, nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
+      return (*model.encode_words(text), label_vectors), _rng_state(model)
     forward = jax.checkpoint(forward, policy=jax.checkpoint_policies.dots_saveable)
     outputs, pullback, rest = jax.vjp(forward, encoder_params, has_aux=True)
     return outputs, pullback, rest
@@ -342,11 +349,7 @@ class Trainer:
     self.num_traces += 1  # runs at trace time only
     def loss_fn(params, outputs):
       model = self._model(nnx.merge_state(encoder_params, params), rest)
-      output = model.score(batch, *outputs)
-      cfg = self.train_cfg
-      loss = losses.relation_loss(output, batch, cfg.loss, alpha=cfg.focal_alpha,
-                                  gamma=cfg.focal_gamma)
-      return loss, nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
+      return self._relation_loss(model.score(batch, *outputs), batch), _rng_state(model)
     (loss, rest), (grads, d_outputs) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         head_params, outputs)
     _, head_sharding = split_encoder_params(self.state_sharding.params)
