@@ -308,7 +308,7 @@ class Trainer:
     for every shape compiled. The cost: the forward's residuals cross an
     executable boundary, so they are saved at matmul outputs only (the rest
     recomputed in the backward) and all live until the encoders' backward
-    (the same-work step 1.80 -> 1.92 s, the default's 0.79-0.83 -> 0.97 s)."""
+    (the same-work step 1.80 -> 1.92 s, the default's 0.79 -> 0.97 s)."""
     encoder_params, head_params = split_encoder_params(params)
     text = {k: batch[k] for k in batch_lib.TEXT_FIELDS + batch_lib.LABEL_TOKEN_FIELDS
             if k in batch}
