@@ -43,9 +43,10 @@ def bucket_batches(indices: Sequence[int], batch_size: int, bucket: Callable[[in
   padded all its documents to the larger). The cost is up to log2(batch_size)
   more batch shapes per bucket.
   """
+  keys = {i: bucket(i) for i in indices}
   groups: dict[tuple, list[int]] = {}
-  for i in sorted(indices, key=lambda i: bucket(i) + size(i)):
-    groups.setdefault(bucket(i), []).append(i)
+  for i in sorted(indices, key=lambda i: keys[i] + size(i)):
+    groups.setdefault(keys[i], []).append(i)
   out = []
   for docs in groups.values():  # insertion order: smallest bucket first
     full = len(docs) - len(docs) % batch_size
