@@ -71,6 +71,12 @@ def _assert_same_curve(workdir, reference_losses, first_step):
 
 
 @pytest.mark.slow
+def _save_step(name: str) -> int:
+  """The step of a checkpoint directory ('4' or '4.orbax-checkpoint-tmp...')."""
+  step = name.split(".")[0]
+  return int(step) if step.isdigit() else -1
+
+
 def test_sigkill_after_a_checkpoint_began_then_restart_resumes_exactly(command, reference,
                                                                        tmp_path):
   seed = int(os.environ.get("GLIDRE_KILL_SEED", time.time_ns() % 10**6))
@@ -85,12 +91,16 @@ def test_sigkill_after_a_checkpoint_began_then_restart_resumes_exactly(command, 
   ckpts = workdir / "checkpoints"
   deadline = time.time() + TIMEOUT
   try:
-    while not (ckpts.is_dir() and any(n.split(".")[0] == str(target) for n in os.listdir(ckpts))):
+    while not (ckpts.is_dir() and any(_save_step(n) == target for n in os.listdir(ckpts))):
       assert proc.poll() is None, f"training ended before the step-{target} checkpoint"
       assert time.time() < deadline, "no checkpoint appeared"
       time.sleep(0.005)
     began = sorted(os.listdir(ckpts))
-    time.sleep(delay)
+    # After `delay`, or as soon as the next save begins: training must still be
+    # going on at the kill (a few short steps reach the next save within 1.5 s).
+    stop = time.time() + delay
+    while time.time() < stop and max(map(_save_step, os.listdir(ckpts))) <= target:
+      time.sleep(0.005)
     at_kill = sorted(os.listdir(ckpts))
     os.kill(proc.pid, signal.SIGKILL)
   finally:
