@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from glidre_jax.model import params as model_params
@@ -52,6 +53,22 @@ def learning_rate_schedules(train_cfg) -> dict[str, optax.Schedule]:
           for name, peak in (("encoder", train_cfg.lr_encoder), ("head", train_cfg.lr_head))}
 
 
+def clip_grad_norm(max_norm: float, eps: float = 1e-6) -> optax.GradientTransformation:
+  """torch.nn.utils.clip_grad_norm_, as the official loop calls it: every
+  gradient times min(1, max_norm / (global norm + eps)).
+
+  The scale is one scalar multiply, which XLA fuses into each consumer (the
+  AdamW moments); optax.clip_by_global_norm divides and selects, which XLA
+  materialises as a parameter-sized temporary (273 MB on the same-work
+  model) and ~2 more kernels an array."""
+  def update(updates, state, params=None):
+    del params
+    norm = optax.global_norm(updates)
+    scale = jnp.minimum(max_norm / (norm + eps), 1.0)
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
   """AdamW (official groups, see above), clipping, accumulation.
 
@@ -60,7 +77,7 @@ def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
   clipping and AdamW act on the average, as the official loop does).
   """
   tx = optax.chain(
-      optax.clip_by_global_norm(train_cfg.clip_norm),
+      clip_grad_norm(train_cfg.clip_norm),
       optax.multi_transform(
           # mask is a callable: it sees each group's own subtree.
           {name: optax.adamw(schedule, weight_decay=train_cfg.weight_decay, mask=decay_mask)

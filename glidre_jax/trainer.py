@@ -162,7 +162,7 @@ class Trainer:
     # On XLA:CPU the step runs as two executables: the gradients, compiled
     # per batch shape, and the optimizer update, compiled once. XLA:CPU keeps
     # ~55-85 KB per compiled kernel for the executable's life, and AdamW with
-    # clipping makes ~6 kernels per parameter array (~1 400 on the same-work
+    # clipping makes ~5 kernels per parameter array (~1 200 on the same-work
     # model): in one jitted step they were compiled again for every shape.
     # Elsewhere one step: XLA may then place the gradients in memory the
     # forward activations freed (up to ~45 % of the gradients' bytes on CPU),

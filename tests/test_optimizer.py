@@ -153,3 +153,24 @@ def test_groups_and_decay_mask_follow_the_official_rules(family):
   frozen, _ = _groups_of(model, freeze=True)
   assert {p for p, g in frozen.items() if g == "frozen"} == {
       p for p in groups if p.startswith("token_rep_layer.labels_encoder.")}
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 10.0, 1e3])
+def test_clipping_is_torch_clip_grad_norm(max_norm):
+  """The official loop's torch.nn.utils.clip_grad_norm_ (scale
+  min(1, max_norm / (norm + 1e-6))), including below the threshold."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  grads = {"a": rng.normal(size=(3, 4)).astype(np.float32),
+           "b": {"c": rng.normal(size=(5,)).astype(np.float32) * 3}}
+  clipped, _ = optimizer.clip_grad_norm(max_norm).update(
+      jax.tree.map(jnp.asarray, grads), optax.EmptyState())
+  tensors = [torch.zeros(g.shape, requires_grad=True) for g in jax.tree.leaves(grads)]
+  for t, g in zip(tensors, jax.tree.leaves(grads)):
+    t.grad = torch.from_numpy(g.copy())
+  torch.nn.utils.clip_grad_norm_(tensors, max_norm)
+  for ours, t in zip(jax.tree.leaves(clipped), tensors):
+    np.testing.assert_allclose(np.asarray(ours), t.grad.numpy(), rtol=1e-6, atol=0)
+  norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in jax.tree.leaves(grads)))
+  assert (norm > max_norm) == (not np.allclose(jax.tree.leaves(clipped)[0],
+                                               jax.tree.leaves(grads)[0]))

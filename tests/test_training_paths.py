@@ -159,7 +159,7 @@ def test_first_step_updates_the_initial_parameters_in_place(tiny_encoders, short
 def test_only_the_gradient_step_compiles_per_batch_shape(tiny_encoders, short_docs, tok,
                                                          schema, train_label_encoder):
   """Batches of two pair buckets: the gradients compile twice and the
-  optimizer update (AdamW over every parameter array, ~6 XLA:CPU kernels
+  optimizer update (AdamW over every parameter array, ~5 XLA:CPU kernels
   each, whose code an executable keeps) once; staged, only the pair
   scoring compiles twice, the encoders' forward and backward once; the
   one-executable step (accelerators) takes the same steps."""
