@@ -61,7 +61,12 @@ def activation(name: str):
   if name not in ACTIVATIONS:
     raise ValueError(f"hidden_act {name!r} is not supported; "
                      f"choose one of {sorted(ACTIVATIONS)}")
-  return ACTIVATIONS[name]
+  # Under grad, XLA kept the exact GELU's erf and exp intermediates for the
+  # backward: ~4 more [tokens, intermediate] arrays a layer (same-work step:
+  # temporaries 697 -> 584 MB, peak RSS 3.26-3.30 -> 3.12 GB). Checkpointed,
+  # its input alone is kept and the rest recomputed (elementwise). Nothing
+  # changes outside differentiation.
+  return jax.checkpoint(ACTIVATIONS[name])
 
 
 # Attention runs heads first ([B, H, L, d]): two plain batched matmuls. As
