@@ -88,7 +88,26 @@ def masked_softmax(scores: jax.Array, attention_mask: jax.Array) -> jax.Array:
   scores = scores.astype(jnp.float32)
   keep = attention_mask[:, None, None, :].astype(bool)
   scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
-  return jax.nn.softmax(scores, axis=-1)
+  return softmax(scores)
+
+
+@jax.custom_jvp
+def softmax(x: jax.Array) -> jax.Array:
+  """Softmax over the last axis whose derivative reads its output alone.
+
+  jax.nn.softmax (unless jax_softmax_custom_jvp is set) differentiates
+  through exp and the division, so the backward kept the masked scores and
+  their exponentials beside the probabilities: two more [B, H, L, L] arrays
+  an attention layer."""
+  unnormalized = jnp.exp(x - jax.lax.stop_gradient(x.max(axis=-1, keepdims=True)))
+  return unnormalized / unnormalized.sum(axis=-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  y = softmax(x)
+  return y, y * (dx - (y * dx).sum(axis=-1, keepdims=True))
 
 
 def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:

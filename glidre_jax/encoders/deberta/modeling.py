@@ -261,7 +261,7 @@ class DisentangledSelfAttention(nnx.Module):
     # uniform over all keys (they never feed real positions).
     scores = jnp.where(pair_mask, scores.astype(jnp.float32),
                        jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
+    probs = common.softmax(scores)
     return common.attention_context(self.dropout(probs).astype(v.dtype), v), probs
 
 

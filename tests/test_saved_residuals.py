@@ -1,5 +1,6 @@
-"""The encoders' feed-forward activation under differentiation: the same
-gradients as the plain function, and only its input kept for the backward."""
+"""What the encoders keep for the backward: their feed-forward activation
+and attention softmax give the plain functions' gradients while keeping
+only their input (activation) or output (softmax)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,3 +29,20 @@ def test_feed_forward_keeps_one_intermediate_sized_residual(capsys):
   print_saved_residuals(lambda s, x: nnx.merge(graphdef, s)(x).sum(), state, jnp.ones((3, 8)))
   saved = capsys.readouterr().out.splitlines()
   assert sum(line.startswith("f32[3,32]") for line in saved) == 1, saved
+
+
+def saved(capsys, f, *args) -> list[str]:
+  print_saved_residuals(f, *args)
+  return capsys.readouterr().out.splitlines()
+
+
+def test_softmax_gradient_is_jax_s_and_keeps_only_the_probabilities(capsys):
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 5, 7)) * 4, jnp.float32)
+  w = jnp.asarray(np.random.default_rng(2).normal(size=x.shape), jnp.float32)
+  np.testing.assert_allclose(common.softmax(x), jax.nn.softmax(x, axis=-1), rtol=1e-6)
+  ours = jax.grad(lambda x: (common.softmax(x) * w).sum())(x)
+  plain = jax.grad(lambda x: (jax.nn.softmax(x, axis=-1) * w).sum())(x)
+  np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-6)  # rounding
+  lines = saved(capsys, lambda x, w: (common.softmax(x) * w).sum(), x, w)
+  kept = [line for line in lines if line.startswith("f32[2,3,5,7]") and "argument" not in line]
+  assert len(kept) == 1 and "custom_jvp_call" in kept[0], lines
