@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import tiny_run
@@ -205,6 +206,21 @@ def test_predict_api_bench_counts_label_encoder_calls(tmp_path):
   assert 0 < row["mfu_real"] < row["mfu_executed"] and row["executed_over_real"] > 1
   assert row["gflop_real_per_doc"] > 1  # MiniLM over a dev document: a few GFLOP
   assert (out / "predict_api.csv").stat().st_size > 0
+
+
+def test_predict_api_bench_times_synthetic_entity_dense_documents(tmp_path):
+  from glidre_jax.bench import predict_api
+  doc = predict_api.synthetic_document(5, np.random.default_rng(0))
+  words = doc["text"].split(" ")
+  assert len(words) == predict_api.WORDS and len(doc["entities"]) == 5
+  for entity in doc["entities"]:  # two distinct one-word mentions
+    spans = [doc["text"][a:b] for a, b in entity["mentions"]]
+    assert len(set(spans)) == 2 and all(s in words for s in spans)
+  out = tmp_path / "pe"
+  predict_api.main(["--entities", "4,6", "--out", str(out)])
+  rows = json.loads((out / "predict_entities.json").read_text())["rows"]
+  assert [(r["entities"], r["pairs"]) for r in rows] == [(4, 12), (6, 30)]
+  assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
 
 
 def test_quick_steps_grow_with_the_number_of_documents():

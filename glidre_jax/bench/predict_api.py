@@ -14,6 +14,12 @@ for every batch, as the reference does), with the analytic FLOPs of the
 batches `predict` runs (`bench.flops`: real subwords and pairs against the
 padded ones executed), the machine's measured fp32 GEMM rate and the
 utilisation (MFU) of the cached pass. Writes predict_api.{json,csv}.
+
+`--entities 100,200` times instead one synthetic 400-word document (words
+`w0` ... `w399`, E entities of two one-word mentions each, the same labels):
+the median of 3 `predict` calls after a compiling one, and the process's
+peak RSS (it only grows: one value per process for a row's own). Writes
+predict_entities.{json,csv}.
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ import argparse
 import json
 import pathlib
 import time
+
+import numpy as np
 
 from glidre_jax import allocator, run_dir, shipped
 from glidre_jax.data import registry
@@ -69,19 +77,54 @@ def planned_work(model: GLiDREPredictor, docs, labels, batch_size: int) -> dict:
   return work
 
 
+ENTITY_COLUMNS = [("E", "entities", "d"), ("pairs", "pairs", "d"), ("s / doc", "seconds", ".3f"),
+                  ("relations", "relations", "d"), ("peak RSS MB", "peak_rss_mb", ".0f")]
+WORDS = 400
+
+
+def synthetic_document(num_entities: int, rng: np.random.Generator) -> dict:
+  """Raw text of WORDS words `w0 w1 ...`; each entity two one-word mentions."""
+  words = [f"w{i}" for i in range(WORDS)]
+  starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
+  mention = lambda i: [int(starts[i]), int(starts[i]) + len(words[i])]
+  return {"text": " ".join(words), "entities": [
+      {"mentions": [mention(i) for i in rng.choice(WORDS, 2, replace=False)]}
+      for _ in range(num_entities)]}
+
+
+def measure_entities(model: GLiDREPredictor, labels, counts, repeats: int = 3) -> list[dict]:
+  rows = []
+  for e in counts:
+    doc = [synthetic_document(e, np.random.default_rng(e))]
+    seconds = common.median_time(lambda: model.predict(doc, labels), repeats)
+    rows.append({"entities": e, "pairs": e * (e - 1), "seconds": seconds,
+                 "relations": len(model.predict(doc, labels)[0]), "peak_rss_mb": peak_rss_mb()})
+    print(common.format_table(rows[-1:], ENTITY_COLUMNS), flush=True)
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--checkpoint", default=None, help="a glidre_jax.train run directory")
   parser.add_argument("--batch_sizes", default="1,8")
   parser.add_argument("--docs", type=int, default=500, help="first N documents of the dev split")
   parser.add_argument("--quick", action="store_true", help="64 documents")
+  parser.add_argument("--entities", default=None,
+                      help="E,...: one synthetic 400-word document per value instead (see above)")
   parser.add_argument("--out", default="results/predict_api")
   args = parser.parse_args(argv)
 
   model = load_model(args.checkpoint)
+  labels = list(registry.load_schema(shipped.config_module("default").get_config()).names)
+  out = pathlib.Path(args.out)
+  if args.entities:
+    rows = measure_entities(model, labels, common.parse_ints(args.entities))
+    common.write_results(out, "predict_entities", rows, checkpoint=args.checkpoint,
+                         num_labels=len(labels), words=WORDS)
+    print(f"wrote {out}/predict_entities.{{json,csv}}")
+    return
   raw = json.loads(assets.asset_path("redocred", "dev_revised.json").read_text())
   docs = raw[:64 if args.quick else args.docs]
-  labels = list(registry.load_schema(shipped.config_module("default").get_config()).names)
   peak = flops.gemm_flops_per_s()
   print(f"fp32 GEMM probe (2048³): {peak / 1e9:.1f} GFLOP/s", flush=True)
   rows = []
@@ -103,7 +146,6 @@ def main(argv=None):
                  "predict_compilations": model.predictor.num_traces,
                  "peak_rss_mb": peak_rss_mb()})  # of the process so far (only grows)
     print(common.format_table(rows[-1:], COLUMNS), flush=True)
-  out = pathlib.Path(args.out)
   common.write_results(out, "predict_api", rows, checkpoint=args.checkpoint,
                        num_labels=len(labels), gemm_flops_per_s=peak)
   print(common.format_table(rows, COLUMNS))
