@@ -34,6 +34,7 @@ from glidre_jax import allocator, run_dir, shipped
 from glidre_jax.data import registry
 from glidre_jax.api import GLiDREPredictor
 from glidre_jax.bench import common, flops
+from glidre_jax.bench.entity_scaling import WORDS  # the same 400-word document
 from glidre_jax.data import assets, batching, inputs
 from glidre_jax.train import peak_rss_mb
 
@@ -79,7 +80,6 @@ def planned_work(model: GLiDREPredictor, docs, labels, batch_size: int) -> dict:
 
 ENTITY_COLUMNS = [("E", "entities", "d"), ("pairs", "pairs", "d"), ("s / doc", "seconds", ".3f"),
                   ("relations", "relations", "d"), ("peak RSS MB", "peak_rss_mb", ".0f")]
-WORDS = 400
 
 
 def synthetic_document(num_entities: int, rng: np.random.Generator) -> dict:
