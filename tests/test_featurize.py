@@ -11,8 +11,8 @@ from glidre_jax.data import batching
 from glidre_jax.data import pairs
 from glidre_jax.data.assets import asset_path
 from glidre_jax.data.documents import Document, Entity, Mention, Relation
-from glidre_jax.data.featurize import (Buckets, cdr_pair_filter, collate, feature_shape,
-                                       featurize, label_batch, type_pair_filter)
+from glidre_jax.data.featurize import (Buckets, cdr_pair_filter, collate, dense_labels,
+                                       feature_shape, featurize, label_batch, type_pair_filter)
 from glidre_jax.data.readers import normalize_cdr, read_docred
 from glidre_jax.data.relations import RelationSchema
 
@@ -45,8 +45,9 @@ def test_featurize_real_docs(tok, schema, dev_docs):
     assert f["entity_word_weights"].sum(1).tolist() == [
         sum(m.end - m.start for m in ent.mentions) for ent in doc.entities]
     gold = {(r.head, r.tail, index[r.label]) for r in doc.relations}
-    assert set(map(tuple, np.argwhere(f["labels"]))) == gold and gold
-    assert f["labels"].shape == (n_ent, n_ent, schema.num_labels)
+    assert set(map(tuple, f["relations"].tolist())) == gold and gold
+    assert len(f["relations"]) == len(gold) and f["num_labels"] == schema.num_labels
+    assert f["relations"].dtype == np.int32
     assert f["pair_mask"].shape == (n_ent, n_ent) and f["pair_mask"].all()  # self pairs too
     assert f["entity_mask"].all() and f["masked_labels"] == 0
 
@@ -167,7 +168,7 @@ def test_collate_pads_to_bucket_shapes(tok, schema, dev_docs):
     assert out["word_mask"][i].sum() == len(f["word_index"])
     n = len(f["entity_mask"])
     dense = pairs.dense(out["pair_labels"], out)
-    np.testing.assert_array_equal(dense[i, :n, :n, :96], f["labels"])
+    np.testing.assert_array_equal(dense[i, :n, :n, :96], dense_labels(f))
     np.testing.assert_array_equal(pairs.dense_pair_mask(out)[i, :n, :n], f["pair_mask"] > 0)
   for name in set(batch_lib.DOC_FIELDS) - set(batch_lib.PAIR_FIELDS):
     assert not out[name][3:].any(), name  # padding documents are all zero
@@ -191,7 +192,7 @@ def test_cdr_pair_filter(tok):
     expect = (types == "CHEM")[:, None] & (types == "DISE")[None, :]
     expect &= f["entity_mask"].astype(bool)[:, None] & f["entity_mask"].astype(bool)[None, :]
     np.testing.assert_array_equal(f["pair_mask"], expect.astype(np.int32))
-    assert not (f["labels"][..., 0] & (1 - f["pair_mask"])).any()  # gold only on CHEM->DISE
+    assert all(f["pair_mask"][h, t] for h, t, _ in f["relations"])  # gold only on CHEM->DISE
   f = featurize(_doc(), tok, _index(RelationSchema.from_file(asset_path("docred", "rel_info.json"))),
                 512, pair_filter=type_pair_filter([("LOC", "PER")]))
   assert f["pair_mask"].tolist() == [[0, 0], [1, 0]] and f["masked_labels"] == 1

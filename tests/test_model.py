@@ -99,7 +99,7 @@ def docs_and_features():
                          ids=["lop-mean-projected", "nolop-lse-threshold"])
 def test_scores_do_not_depend_on_batch_or_padding(docs_and_features, cfg):
   feats, labels = docs_and_features
-  feats = [dict(f, labels=f["labels"][..., :12]) for f in feats]
+  feats = [featurize_lib.first_labels(f, 12) for f in feats]
   model = GLiDREModel(cfg, load_encoder(minilm_path()), load_encoder(minilm_path()))
   model.eval()
   big = featurize_lib.Buckets(seq_len=(512,), words=(512,), entities=(48,), pairs=(4096,))
@@ -165,7 +165,7 @@ def test_chunked_pair_scoring_equals_unchunked(docs_and_features, cfg):
 
   from glidre_jax import losses
   feats, labels = docs_and_features
-  feats = [dict(f, labels=f["labels"][..., :12]) for f in feats]
+  feats = [featurize_lib.first_labels(f, 12) for f in feats]
   batch = featurize_lib.collate(feats[:2], featurize_lib.Buckets(), labels)
   # The chunking is the head's: a one-layer random encoder (MiniLM's
   # vocabulary) keeps the eager backward pass short.
@@ -278,7 +278,7 @@ def test_predict_step_decodes_against_the_threshold_logit(docs_and_features):
   from glidre_jax import inference
   from tiny_model import tiny_glidre
   feats, labels = docs_and_features
-  feats = [dict(f, labels=f["labels"][..., :12]) for f in feats[:2]]
+  feats = [featurize_lib.first_labels(f, 12) for f in feats[:2]]
   batch = featurize_lib.collate(feats, featurize_lib.Buckets(), labels)
   model = tiny_glidre(GLiDREConfig(hidden_size=32, adaptive_threshold=True), seed=4)
   model.eval()

@@ -40,13 +40,12 @@ def test_batch_names_bucket_and_negatives():
 
 
 def test_remap_labels_moves_columns():
-  feat = {"labels": np.zeros((2, 2, 2), np.int32), "label_names": ("b", "d"), "title": "t"}
-  feat["labels"][0, 1, 0] = 1  # (0, b, 1)
-  feat["labels"][1, 0, 1] = 1  # (1, d, 0)
+  rows = np.array([[0, 1, 0], [1, 0, 1]], np.int32)  # (0, b, 1), (1, d, 0)
+  feat = {"relations": rows.copy(), "num_labels": 2, "label_names": ("b", "d"), "title": "t"}
   out = open_labels.remap_labels(feat, {"a": 0, "b": 1, "c": 2, "d": 3}, 5)
-  assert out["labels"].shape == (2, 2, 5)
-  assert {tuple(x) for x in np.argwhere(out["labels"])} == {(0, 1, 1), (1, 0, 3)}
-  assert feat["labels"].shape == (2, 2, 2)  # the cached feature is left alone
+  assert out["num_labels"] == 5
+  assert out["relations"].tolist() == [[0, 1, 1], [1, 0, 3]]
+  assert (feat["relations"] == rows).all() and feat["num_labels"] == 2  # the cached feature is left alone
 
 
 def _custom_docs():

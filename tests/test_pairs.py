@@ -24,7 +24,7 @@ def feats(tok, schema, dev_docs):
   index = {n: k for k, n in enumerate(schema.names)}
   out = [featurize_lib.featurize(d, tok, index, 512, pair_filter=featurize_lib.without_self_pairs())
          for d in dev_docs[:3]]
-  return [dict(f, labels=f["labels"][..., :NUM_LABELS]) for f in out]
+  return [featurize_lib.first_labels(f, NUM_LABELS) for f in out]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def _dense_labels(feats, b, e):
   labels, valid = np.zeros((b, e, e, 16), np.int32), np.zeros((b, e, e), bool)
   for i, f in enumerate(feats):
     n = len(f["entity_mask"])
-    labels[i, :n, :n, :NUM_LABELS], valid[i, :n, :n] = f["labels"], f["pair_mask"] > 0
+    labels[i, :n, :n, :NUM_LABELS], valid[i, :n, :n] = featurize_lib.dense_labels(f), f["pair_mask"] > 0
   return labels, valid
 
 
@@ -62,6 +62,20 @@ def test_shards_pack_their_own_documents(feats, label_side):
   np.testing.assert_array_equal(pairs.dense_pair_mask(batch), valid)
   with pytest.raises(ValueError, match="batch_size 4 is not a multiple of the 3 pair shards"):
     featurize_lib.collate(feats, BUCKETS, label_side, batch_size=4, pair_shards=3)
+
+
+def test_gold_facts_reach_their_pair_slots_and_none_on_masked_pairs():
+  """A document's (head, tail, label) rows land on its packed pairs' label
+  columns; a fact on a pair the mask leaves out has no slot."""
+  mask = np.ones((2, 3, 3), np.int32)
+  mask[0, 0, 1] = 0  # a filtered pair that carries a gold fact
+  gold = np.zeros((2, 3, 3, 4), np.int32)
+  gold[0, 0, 1, 2] = gold[0, 1, 0, 3] = gold[0, 2, 2, 0] = gold[1, 2, 0, 1] = 1
+  out = pairs.from_dense(mask, gold, shards=2)
+  labels = pairs.dense(out["pair_labels"], {"entity_mask": np.ones((2, 3)), **out})
+  expect = gold * mask[..., None]
+  np.testing.assert_array_equal(labels, expect)
+  assert labels.sum() == 3
 
 
 def test_pick_past_the_largest_bucket():

@@ -59,7 +59,7 @@ def batches(num: int = 4, batch_size: int = 2) -> tuple[dict, ...]:
   tok = load_tokenizer(minilm_path())
   index = {n: k for k, n in enumerate(schema.names)}
   feats = [featurize_lib.featurize(d, tok, index, 128) for d in docs]
-  feats = [dict(f, labels=f["labels"][..., :NUM_LABELS]) for f in feats]  # the first labels
+  feats = [featurize_lib.first_labels(f, NUM_LABELS) for f in feats]  # the first labels
   labels = featurize_lib.label_batch(tok, list(schema.names[:NUM_LABELS]))
   groups = [feats[i:i + batch_size] for i in range(0, len(feats), batch_size)]
   # One pair bucket above the fullest batch: every batch has one shape (one

@@ -138,8 +138,9 @@ def featurize(doc: Document, tokenizer, label_index: Mapping[str, int], max_leng
   Returns input_ids [L], word_index [W], word_mask [W] (0 for words without
   a subword: they keep their place and their weight in mentions, with a zero
   vector, as in the official GLiDRE), entity_word_weights [E, W],
-  entity_mask [E], pair_mask [E, E], labels [E, E, K] (uint8), plus `title` and the
-  counters of STAT_KEYS. W counts kept words only (truncation drops a suffix).
+  entity_mask [E], pair_mask [E, E], relations [R, 3] (the distinct gold
+  (head, tail, label column) rows) of num_labels K columns, plus `title` and
+  the counters of STAT_KEYS. W counts kept words only (truncation drops a suffix).
   """
   tok = tokenize_words(tokenizer, doc.words, max_length)
   n_words = len(tok.word_index)
@@ -164,16 +165,17 @@ def featurize(doc: Document, tokenizer, label_index: Mapping[str, int], max_leng
     pair_mask = pair_mask * _filtered(pair_filter, doc)
   pair_mask = pair_mask.astype(np.int32)
 
-  # uint8: the featurized split stays in host memory for the run, and these
-  # [E, E, K] 0/1 arrays are most of it (int32: 60 MB for 400 documents).
-  labels = np.zeros((n_ent, n_ent, len(label_index)), np.uint8)
+  # Gold facts as (head, tail, label column) rows, not a dense [E, E, K]
+  # array: the featurized split stays in host memory for the run, and dense
+  # labels grow as E² K (int32: 60 MB of the 400 training documents' 68).
+  relations = np.zeros((0, 3), np.int32)
   if doc.relations:
     try:
       rel = np.asarray([(r.head, r.tail, label_index[r.label]) for r in doc.relations], np.int64)
     except KeyError as err:
       raise ValueError(f"document {doc.title!r}: relation {err.args[0]!r} is not in the label set "
                        f"({len(label_index)} labels)") from None
-    labels[rel[:, 0], rel[:, 1], rel[:, 2]] = 1
+    relations = np.unique(rel, axis=0).astype(np.int32)
     # Gold facts that the model cannot score (truncated entity, filtered pair).
     masked = int((pair_mask[rel[:, 0], rel[:, 1]] == 0).sum())
   else:
@@ -187,7 +189,8 @@ def featurize(doc: Document, tokenizer, label_index: Mapping[str, int], max_leng
       "entity_word_weights": weights,
       "entity_mask": entity_mask,
       "pair_mask": pair_mask,
-      "labels": labels,
+      "relations": relations,
+      "num_labels": len(label_index),
       "num_words": doc.num_words,
       "dropped_words": tok.num_dropped,
       "empty_words": tok.num_empty,
@@ -218,6 +221,21 @@ def label_batch(tokenizer, names: Sequence[str], *, max_length: int = 16,
   return label_split.split_by_length(
       np.pad(ids, ((0, pad), (0, 0)), constant_values=pad_id), np.pad(mask, ((0, pad), (0, 0))),
       (np.arange(k) < len(names)).astype(np.int32), split=fit_length)
+
+
+def dense_labels(feat: Mapping) -> np.ndarray:
+  """A document's gold facts as a dense [E, E, K] 0/1 array."""
+  e = len(feat["entity_mask"])
+  out = np.zeros((e, e, feat["num_labels"]), np.int32)
+  rel = feat["relations"]
+  out[rel[:, 0], rel[:, 1], rel[:, 2]] = 1
+  return out
+
+
+def first_labels(feat: Mapping, k: int) -> dict:
+  """A shallow copy restricted to the first k label columns."""
+  rel = feat["relations"]
+  return {**feat, "relations": rel[rel[:, 2] < k], "num_labels": min(k, feat["num_labels"])}
 
 
 def feature_shape(feat: Mapping) -> tuple[int, int, int]:
@@ -277,8 +295,8 @@ def place_document(out: dict, row: int, feat: Mapping, fields: Sequence[str], *,
   (its arrays already allocated) and sets its word, entity and document masks
   (`num_words` words, of which those with feat["word_mask"] 0 have no subword)."""
   k = out["pair_labels"].shape[-1]
-  if feat["labels"].shape[-1] > k:
-    raise ValueError(f"document {feat['title']!r} has {feat['labels'].shape[-1]} label "
+  if feat["num_labels"] > k:
+    raise ValueError(f"document {feat['title']!r} has {feat['num_labels']} label "
                      f"columns, the label batch only {k}")
   for name in fields:
     arr = feat[name]

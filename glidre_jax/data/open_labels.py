@@ -68,14 +68,13 @@ def document_label_names(relations: Iterable) -> tuple[str, ...]:
 def remap_labels(feature: Mapping, label_index: Mapping[str, int], num_labels: int) -> dict:
   """A document featurized on its own names -> the batch's label columns.
 
-  `feature["labels"]` is [E, E, k_doc] over `feature["label_names"]`; the
-  result is a shallow copy whose labels are [E, E, num_labels].
+  `feature["relations"]` rows name columns of `feature["label_names"]`; the
+  result is a shallow copy whose rows name the batch's num_labels columns.
   """
-  own = feature["labels"]
-  out = np.zeros(own.shape[:2] + (num_labels,), own.dtype)
-  columns = [label_index[name] for name in feature["label_names"]]
-  out[..., columns] = own
-  return {**feature, "labels": out}
+  columns = np.asarray([label_index[name] for name in feature["label_names"]], np.int32)
+  rel = feature["relations"].copy()
+  rel[:, 2] = columns[rel[:, 2]]
+  return {**feature, "relations": rel, "num_labels": num_labels}
 
 
 def global_batch(order: Sequence[int], batch_number: int, global_batch_size: int) -> list[int]:

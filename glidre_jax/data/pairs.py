@@ -76,7 +76,12 @@ def pack(out: dict, features: Sequence[Mapping | None], shards: int, num_pairs_:
     out["pair_doc"][s, cut] = local
     out["pair_head"][s, cut], out["pair_tail"][s, cut] = heads, tails
     out["pair_mask"][s, cut] = 1
-    out["pair_labels"][s, cut, :f["labels"].shape[-1]] = f["labels"][heads, tails]
+    # Each gold fact to its pair's slot (facts on a masked pair have none).
+    slot = np.full(f["pair_mask"].shape, -1, np.int64)
+    slot[heads, tails] = np.arange(start, start + n)
+    rel = f["relations"]
+    at = slot[rel[:, 0], rel[:, 1]]
+    out["pair_labels"][s, at[at >= 0], rel[at >= 0, 2]] = 1
     fill[s] += n
 
 
@@ -88,8 +93,8 @@ def from_dense(pair_mask: np.ndarray, labels: np.ndarray | None = None, *, shard
   pair_mask = np.asarray(pair_mask)
   b = len(pair_mask)
   labels = np.zeros(pair_mask.shape + (1,), np.int32) if labels is None else np.asarray(labels)
-  rows = [{"pair_mask": m, "labels": y, "title": f"<row {i}>"}
-          for i, (m, y) in enumerate(zip(pair_mask, labels))]
+  rows = [{"pair_mask": m, "relations": np.argwhere(y), "num_labels": y.shape[-1],
+           "title": f"<row {i}>"} for i, (m, y) in enumerate(zip(pair_mask, labels))]
   if num_pairs_ is None:
     need = shard_need([num_pairs(r) for r in rows], b, shards)
     num_pairs_ = max(-(-need // PAIR_ALIGN) * PAIR_ALIGN, PAIR_ALIGN)
