@@ -70,13 +70,13 @@ def _assert_same_curve(workdir, reference_losses, first_step):
     assert loss == pytest.approx(reference_losses[step], rel=1e-6), (step, loss)
 
 
-@pytest.mark.slow
 def _save_step(name: str) -> int:
   """The step of a checkpoint directory ('4' or '4.orbax-checkpoint-tmp...')."""
   step = name.split(".")[0]
   return int(step) if step.isdigit() else -1
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_began_then_restart_resumes_exactly(command, reference,
                                                                        tmp_path):
   seed = int(os.environ.get("GLIDRE_KILL_SEED", time.time_ns() % 10**6))

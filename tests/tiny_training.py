@@ -18,6 +18,7 @@ from glidre_jax.model.config import GLiDREConfig
 from glidre_jax.model.glidre import build_glidre
 
 NUM_LABELS = 12
+BUCKETS = featurize_lib.Buckets((128,), (128,), (48,))
 
 
 def rounding_noise(name: str) -> bool:
@@ -27,7 +28,6 @@ def rounding_noise(name: str) -> bool:
   follows the rounding noise of that zero (the split train step
   differentiates the encoders apart from the pair scoring)."""
   return name.endswith("['key']['bias']")
-BUCKETS = featurize_lib.Buckets((128,), (128,), (48,))
 
 
 def encoder_config(**overrides):
